@@ -1,0 +1,5 @@
+import sys
+
+from nvlaunch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,304 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The syscall core: one thin wrapper per kernel operation, and nothing else.
+
+Each function takes its arguments in kernel order, releases the GIL around the call,
+retries EINTR, and raises OSError(errno, strerror, path[, None, path2]) on failure
+(for mount: filename=target, filename2=source).  No defaults that hold policy, no path
+joins, no logging: the Python layers above decide what to call and how to report it.
+"""
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+from libc.stdint cimport uint64_t
+from nvlaunch._ns cimport *
+
+# Mount flags the kernel locks on mounts a user namespace inherits (fs/namespace.c:
+# MNT_LOCK_READONLY/NOSUID/NODEV/NOEXEC/ATIME).  statvfs reports them as ST_* bits, which
+# have the same values as the MS_* bits.
+cdef unsigned long _LOCKED = 0x1 | 0x2 | 0x4 | 0x8 | 0x400 | 0x800 | 0x1000  # RDONLY NOSUID NODEV NOEXEC NOATIME NODIRATIME RELATIME
+cdef unsigned long _MS_BIND = 4096, _MS_REC = 16384, _MS_REMOUNT = 32
+
+
+cdef inline bytes _b(object s):
+    if s is None:
+        return None
+    if isinstance(s, bytes):
+        return s
+    return (<str>s).encode()
+
+
+cdef object _err(int e, object path=None, object path2=None):
+    msg = strerror(e).decode()
+    if path2 is not None:
+        return OSError(e, msg, path, None, path2)
+    if path is not None:
+        return OSError(e, msg, path)
+    return OSError(e, msg)
+
+
+cdef extern from "Python.h":
+    void PyOS_BeforeFork()
+    void PyOS_AfterFork_Parent()
+    void PyOS_AfterFork_Child()
+
+
+def clone(unsigned long flags):
+    """clone(2) with fork semantics (no new stack, SIGCHLD on exit) plus namespace flags:
+    the child starts as PID 1 of a new pid namespace with CLONE_NEWPID.  Returns 0 in the
+    child, the child's pid in the parent.  The caller must be single-threaded."""
+    cdef long r
+    PyOS_BeforeFork()
+    r = syscall(SYS_clone, flags | 17, NULL, NULL, NULL, NULL)   # 17 = SIGCHLD
+    if r == 0:
+        PyOS_AfterFork_Child()
+        return 0
+    e = errno
+    PyOS_AfterFork_Parent()
+    if r < 0:
+        raise _err(e)
+    return r
+
+
+def unshare(int flags):
+    cdef int r
+    while True:
+        with nogil:
+            r = c_unshare(flags)
+        if r == 0:
+            return
+        if errno != EINTR:
+            raise _err(errno)
+
+
+def setns(int fd, int nstype, path=None):
+    """setns(2); `path` only names the namespace file in the error."""
+    cdef int r
+    while True:
+        with nogil:
+            r = c_setns(fd, nstype)
+        if r == 0:
+            return
+        if errno != EINTR:
+            raise _err(errno, path)
+
+
+def mount(source, target, fstype, unsigned long flags, data):
+    cdef bytes bs = _b(source), bt = _b(target), bf = _b(fstype), bd = _b(data)
+    cdef const char *cs = <const char *>bs if bs is not None else NULL
+    cdef const char *ct = <const char *>bt
+    cdef const char *cf = <const char *>bf if bf is not None else NULL
+    cdef const void *cd = <const void *><const char *>bd if bd is not None else NULL
+    cdef int r
+    while True:
+        with nogil:
+            r = c_mount(cs, ct, cf, flags, cd)
+        if r == 0:
+            return
+        if errno != EINTR:
+            raise _err(errno, target, source)
+
+
+def bind_mount(source, target, unsigned long flags):
+    """Bind `source` on `target` (MS_REC in flags makes it recursive), then, if flags ask for
+    any of RDONLY/NOSUID/NODEV/NOEXEC, remount the bind with them added to the flags the
+    new mount already carries.  Restating the carried flags is what makes a read-only
+    remount work inside a user namespace: the kernel refuses (EPERM) a remount that would
+    clear a locked flag, e.g. nosuid,nodev of a squashfs driver tree.
+    """
+    cdef bytes bs = _b(source), bt = _b(target)
+    cdef const char *cs = bs
+    cdef const char *ct = bt
+    cdef unsigned long want = flags & (0x1 | 0x2 | 0x4 | 0x8)
+    cdef unsigned long bind = _MS_BIND | (flags & _MS_REC)
+    cdef statvfs sv
+    cdef int r
+    while True:
+        with nogil:
+            r = c_mount(cs, ct, NULL, bind, NULL)
+        if r == 0:
+            break
+        if errno != EINTR:
+            raise _err(errno, target, source)
+    if not want:
+        return
+    with nogil:
+        r = c_statvfs(ct, &sv)
+    if r != 0:
+        raise _err(errno, target)
+    while True:
+        with nogil:
+            r = c_mount(NULL, ct, NULL, _MS_BIND | _MS_REMOUNT | (sv.f_flag & _LOCKED) | want, NULL)
+        if r == 0:
+            return
+        if errno != EINTR:
+            raise _err(errno, target, source)
+
+
+def sethostname(name):
+    cdef bytes bn = _b(name)
+    cdef const char *cn = bn
+    cdef size_t n = len(bn)
+    cdef int r
+    with nogil:
+        r = c_sethostname(cn, n)
+    if r != 0:
+        raise _err(errno)
+
+
+def umount2(target, int flags):
+    cdef bytes bt = _b(target)
+    cdef const char *ct = bt
+    cdef int r
+    while True:
+        with nogil:
+            r = c_umount2(ct, flags)
+        if r == 0:
+            return
+        if errno != EINTR:
+            raise _err(errno, target)
+
+
+def pivot_root(new_root, put_old):
+    cdef bytes bn = _b(new_root), bo = _b(put_old)
+    cdef const char *cn = bn
+    cdef const char *co = bo
+    cdef long r
+    with nogil:
+        r = syscall(SYS_pivot_root, cn, co)
+    if r != 0:
+        raise _err(errno, new_root, put_old)
+
+
+def mknod(path, unsigned int mode, unsigned long dev):
+    cdef bytes bp = _b(path)
+    cdef const char *cp = bp
+    cdef int r
+    with nogil:
+        r = c_mknod(cp, mode, dev)
+    if r != 0:
+        raise _err(errno, path)
+
+
+def openat2(int dirfd, path, uint64_t flags, uint64_t mode, uint64_t resolve):
+    """openat2(2); returns the new fd.  ENOSYS on kernels before 5.6."""
+    cdef bytes bp = _b(path)
+    cdef const char *cp = bp
+    cdef open_how how
+    cdef long r
+    memset(&how, 0, sizeof(how))
+    how.flags = flags
+    how.mode = mode
+    how.resolve = resolve
+    while True:
+        with nogil:
+            r = syscall(SYS_openat2, dirfd, cp, &how, sizeof(how))
+        if r >= 0:
+            return r
+        if errno != EINTR:
+            raise _err(errno, path)
+
+
+def write_file(path, data):
+    """open(O_WRONLY) + ONE write(2) + close: uid_map, gid_map, setgroups and cgroup files
+    take their whole content in a single write."""
+    cdef bytes bp = _b(path), bd = _b(data)
+    cdef const char *cp = bp
+    cdef const char *cd = bd
+    cdef size_t n = len(bd)
+    cdef int fd
+    cdef ssize_t w
+    with nogil:
+        fd = c_open(cp, O_WRONLY | O_CLOEXEC)
+    if fd < 0:
+        raise _err(errno, path)
+    with nogil:
+        w = c_write(fd, cd, n)
+    cdef int e = errno
+    c_close(fd)
+    if w < 0:
+        raise _err(e, path)
+    if <size_t>w != n:
+        raise OSError(5, "short write", path)
+
+
+def bpf_prog_load(unsigned int prog_type, bytes insns, license, unsigned int log_size):
+    """BPF_PROG_LOAD; returns the program fd.  With log_size, a verifier failure's log is
+    appended to the OSError message."""
+    cdef bytes bl = _b(license)
+    cdef const char *cl = bl
+    cdef const char *ci = insns
+    cdef unsigned n = len(insns) // 8
+    cdef char *log = NULL
+    cdef long r
+    if log_size:
+        log = <char *>malloc(log_size)
+        log[0] = 0
+    try:
+        with nogil:
+            r = nvl_bpf_prog_load(prog_type, ci, n, cl, log, log_size)
+        if r < 0:
+            e = errno
+            msg = strerror(e).decode()
+            if log != NULL and log[0]:
+                msg += ": " + log[:log_size].decode(errors="replace").strip()
+            raise OSError(e, msg)
+        return r
+    finally:
+        free(log)
+
+
+def bpf_prog_attach(int prog_fd, int target_fd, unsigned int attach_type, unsigned int flags,
+                    int replace_fd):
+    cdef long r
+    with nogil:
+        r = nvl_bpf_prog_attach(prog_fd, target_fd, attach_type, flags, replace_fd)
+    if r < 0:
+        raise _err(errno)
+
+
+def bpf_prog_detach(int prog_fd, int target_fd, unsigned int attach_type):
+    cdef long r
+    with nogil:
+        r = nvl_bpf_prog_detach(prog_fd, target_fd, attach_type)
+    if r < 0:
+        raise _err(errno)
+
+
+def bpf_prog_query(int target_fd, unsigned int attach_type, unsigned int max_ids):
+    """BPF_PROG_QUERY; returns (attach_flags, [program ids])."""
+    cdef unsigned *ids = <unsigned *>malloc(sizeof(unsigned) * (max_ids or 1))
+    cdef unsigned cnt = max_ids, fl = 0
+    cdef long r
+    try:
+        with nogil:
+            r = nvl_bpf_prog_query(target_fd, attach_type, ids, &cnt, &fl)
+        if r < 0:
+            raise _err(errno)
+        return fl, [ids[i] for i in range(min(cnt, max_ids))]
+    finally:
+        free(ids)
+
+
+def bpf_prog_get_fd_by_id(unsigned int prog_id):
+    cdef long r
+    with nogil:
+        r = nvl_bpf_prog_get_fd_by_id(prog_id)
+    if r < 0:
+        raise _err(errno)
+    return r
+
+
+def bpf_prog_xlated_insns(int prog_fd):
+    """BPF_OBJ_GET_INFO_BY_FD: the program's (translated) instructions as bytes."""
+    cdef unsigned n = 0
+    cdef long r
+    with nogil:
+        r = nvl_bpf_prog_xlated(prog_fd, NULL, &n)
+    if r < 0:
+        raise _err(errno)
+    buf = bytearray(n)
+    cdef char *cb = buf
+    with nogil:
+        r = nvl_bpf_prog_xlated(prog_fd, cb, &n)
+    if r < 0:
+        raise _err(errno)
+    return bytes(buf[:n])

@@ -1,0 +1,86 @@
+"""Kernel vocabularies as tables: namespace flags, mount flags, openat2 and bpf constants.
+
+Values are the Linux UAPI ones (x86-64 and aarch64 agree on all of them).
+`flags_str(MS_BIND | MS_REC)` -> "MS_BIND|MS_REC" is used in every mount error.
+"""
+
+# sched.h
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# Namespace files under /proc/PID/ns, in the order a joiner must enter them: the user
+# namespace first (it grants the capabilities for the rest), then mnt.
+NAMESPACES = (
+    ("user", CLONE_NEWUSER),
+    ("mnt", CLONE_NEWNS),
+)
+
+# sys/mount.h
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_SILENT = 0x8000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
+MS_RELATIME = 0x200000
+MNT_DETACH = 0x2
+
+MOUNT_FLAG_NAMES = {
+    MS_RDONLY: "MS_RDONLY", MS_NOSUID: "MS_NOSUID", MS_NODEV: "MS_NODEV",
+    MS_NOEXEC: "MS_NOEXEC", MS_REMOUNT: "MS_REMOUNT", MS_NOATIME: "MS_NOATIME",
+    MS_NODIRATIME: "MS_NODIRATIME", MS_BIND: "MS_BIND", MS_MOVE: "MS_MOVE", MS_REC: "MS_REC",
+    MS_SILENT: "MS_SILENT", MS_PRIVATE: "MS_PRIVATE", MS_SLAVE: "MS_SLAVE",
+    MS_SHARED: "MS_SHARED", MS_RELATIME: "MS_RELATIME",
+}
+
+
+def flags_str(flags: int, names: dict = MOUNT_FLAG_NAMES) -> str:
+    """Bit flags as `A|B`; unknown bits as hex."""
+    out, rest = [], flags
+    for bit, name in names.items():
+        if flags & bit:
+            out.append(name)
+            rest &= ~bit
+    if rest:
+        out.append(hex(rest))
+    return "|".join(out) or "0"
+
+
+# linux/openat2.h
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+# linux/bpf.h
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6
+BPF_F_ALLOW_OVERRIDE = 1
+BPF_F_ALLOW_MULTI = 2
+BPF_F_REPLACE = 4
+BPF_DEVCG_ACC_MKNOD = 1
+BPF_DEVCG_ACC_READ = 2
+BPF_DEVCG_ACC_WRITE = 4
+BPF_DEVCG_DEV_BLOCK = 1
+BPF_DEVCG_DEV_CHAR = 2
+
+# Linux capabilities a container keeps as root, the same default set as runc and
+# podman: everything else is dropped from the bounding set.
+DEFAULT_CAPABILITIES = (
+    "chown", "dac_override", "fsetid", "fowner", "mknod", "net_raw", "setgid", "setuid",
+    "setfcap", "setpcap", "net_bind_service", "sys_chroot", "kill", "audit_write",
+)

@@ -1,0 +1,525 @@
+"""`nvlaunch run`: a rootless container on a rootfs directory, GPUs included.
+
+Processes:  nvlaunch (P, the caller) --clone--> init (I, PID 1 of the new pid namespace)
+--fork--> the command (W).
+
+P   clones I with new user (when not root), mount, pid, ipc, uts (and net) namespaces,
+    writes I's id maps, then waits, forwarding signals to I.  It exits with I's status.
+I   builds the container's mount tree and pivots into it; then it forks W and stays as
+    PID 1: it forwards signals to W, reaps orphans, and exits with W's status.
+W   drops what the container must not have (bounding set, no_new_privs) and execs.
+
+The rootfs is never written: I mounts a tmpfs in its private mount namespace, pivots
+into it (the host stays reachable under /oldroot), and lays an overlay with the rootfs
+as its lower layer and a tmpfs upper layer holding every mount point, link and file
+the container needs (created there *before* the overlay is mounted, so they need no
+write access to the rootfs).  With --readonly that layer becomes a second lower layer
+and the overlay has no upper at all.  Then /proc, /sys, /dev, the plan's binds and the
+user's binds, and a second pivot_root into the overlay that drops the staging tree.
+
+Errors in I or W travel to P as one JSON record on a pipe; P prints them as one line.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import stat
+import sys
+from dataclasses import dataclass, field
+
+from nvlaunch import consts as C
+from nvlaunch import errors as E
+from nvlaunch.plan import BindDevice, BindDir, BindFile, OPTIONAL, Plan, Symlink, Tmpfs, WriteFile
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
+# Host device nodes every container gets (bound, since mknod is refused in a user namespace).
+BASE_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+# Staging tree inside I's private tmpfs (never visible on the host).
+OLD = "/oldroot"
+UPPER = "/upper"
+WORK = "/work"
+NEW = "/newroot"
+
+
+@dataclass(frozen=True)
+class UserBind:
+    src: str
+    dst: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    rootfs: str
+    argv: tuple
+    env: tuple = ()                  # (key, value) pairs the user asked for
+    binds: tuple = ()                # UserBind
+    workdir: str = "/"
+    hostname: str | None = None
+    net: str = "host"
+    uid: int = 0
+    gid: int = 0
+    readonly: bool = False
+    plan: Plan = field(default_factory=Plan)
+    debug: bool = False
+
+
+def run(cfg: RunConfig, kernel=None, timings=None) -> int:
+    """Start the container and return its exit status (128+N for a signal)."""
+    if kernel is None:
+        from nvlaunch.kernel import REAL as kernel
+    rootless = os.geteuid() != 0
+    flags = C.CLONE_NEWNS | C.CLONE_NEWPID | C.CLONE_NEWIPC | C.CLONE_NEWUTS
+    if rootless:
+        flags |= C.CLONE_NEWUSER
+    if cfg.net == "none":
+        flags |= C.CLONE_NEWNET
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    if timings:
+        timings.mark("prepare")
+    try:
+        pid = kernel.clone(flags)
+    except OSError as err:
+        for fd in (go_r, go_w, err_r, err_w):
+            os.close(fd)
+        raise E.NamespaceError(f"cannot create namespaces: {err.strerror}",
+                               E.hint_for(err.errno, "unshare" if rootless else None)) from err
+    if pid == 0:  # I, PID 1 of the new pid namespace
+        os.close(go_w)
+        os.close(err_r)
+        code = E.EXIT_SETUP
+        try:
+            if os.read(go_r, 1) != b"g":   # P died or gave up before mapping us
+                os._exit(E.EXIT_SETUP)
+            os.close(go_r)
+            if timings:
+                timings.mark("namespaces")
+            code = _container_init(cfg, kernel, err_w, timings)
+        except BaseException as exc:  # noqa: BLE001 - everything goes to P as one record
+            code = _report(err_w, exc, cfg.debug)
+        os._exit(code)
+    os.close(go_r)
+    os.close(err_w)
+    try:
+        if rootless:
+            from nvlaunch.idmap import write_maps
+            write_maps(kernel, pid, cfg.uid, cfg.gid)
+        os.write(go_w, b"g")
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(go_w)
+        os.close(err_r)
+        raise
+    os.close(go_w)
+    status = _wait_forwarding(pid)
+    with os.fdopen(err_r, "rb") as f:
+        record = f.read()
+    _restore_foreground()
+    if record:
+        _raise_record(record)
+    return _exit_code(status)
+
+
+# ---- P side -----------------------------------------------------------------------------
+
+def _wait_forwarding(pid: int) -> int:
+    def forward(signum, _frame):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    old = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    try:
+        while True:
+            try:
+                return os.waitpid(pid, 0)[1]
+            except ChildProcessError:
+                return 0
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _restore_foreground() -> None:
+    """Give the terminal back to our process group if the container's command took it."""
+    try:
+        if os.isatty(0) and os.tcgetpgrp(0) != os.getpgrp():
+            old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            os.tcsetpgrp(0, os.getpgrp())
+            signal.signal(signal.SIGTTOU, old)
+    except OSError:
+        pass
+
+
+def _report(fd: int, exc: BaseException, debug: bool) -> int:
+    """Write one JSON error record for P; returns the exit code I should use."""
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else E.EXIT_SETUP
+    if isinstance(exc, E.NvlaunchError):
+        msg, code = str(exc), exc.exit_code
+    elif isinstance(exc, OSError):
+        msg, code = f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", E.EXIT_SETUP
+    else:
+        msg, code = f"{type(exc).__name__}: {exc}", E.EXIT_SETUP
+    rec = {"message": msg, "exit": code}
+    if debug:
+        import traceback
+        rec["traceback"] = "".join(traceback.format_exception(exc))
+    try:
+        os.write(fd, json.dumps(rec).encode())
+    except OSError:
+        pass
+    return code
+
+
+def _raise_record(record: bytes):
+    try:
+        rec = json.loads(record)
+    except ValueError:
+        raise E.NvlaunchError(record.decode(errors="replace").strip()) from None
+    if rec.get("traceback"):
+        sys.stderr.write(rec["traceback"])
+    err = E.NvlaunchError(rec.get("message", "container setup failed"))
+    err.exit_code = rec.get("exit", E.EXIT_SETUP)
+    raise err
+
+
+# ---- I side: the mount tree ---------------------------------------------------------------
+
+def _container_init(cfg: RunConfig, kernel, err_w: int, timings) -> int:
+    import prctl
+    prctl.set_pdeathsig(signal.SIGKILL)
+    # Everything I and W import must be imported before pivot_root hides the host.
+    if cfg.net == "none":
+        from pyroute2 import IPRoute  # noqa: F401
+    if cfg.debug:
+        import traceback  # noqa: F401
+    rootless = os.geteuid() != 0 or _in_user_namespace()
+    _build_root(cfg, kernel, rootless)
+    if timings:
+        timings.mark("mounts")
+    if cfg.hostname:
+        kernel.sethostname(cfg.hostname)
+    if cfg.net == "none":
+        _loopback_up()
+    return _init_loop(cfg, err_w, timings)
+
+
+def _in_user_namespace() -> bool:
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() != ["0", "0", "4294967295"]
+    except OSError:
+        return True
+
+
+def _mount(kernel, source, target, fstype, flags, data=None, op="mount"):
+    try:
+        kernel.mount(source, target, fstype, flags, data)
+    except OSError as err:
+        raise E.MountError(op, source, target, C.flags_str(flags), err) from err
+
+
+def _bind(kernel, source, target, flags, shown_source=None, shown_target=None):
+    try:
+        kernel.bind_mount(source, target, flags)
+    except OSError as err:
+        raise E.MountError("bind", shown_source or source, shown_target or target,
+                           C.flags_str(C.MS_BIND | flags), err) from err
+
+
+def _host(path: str) -> str:
+    """A host path as I sees it after the first pivot."""
+    return OLD + os.path.abspath(path)
+
+
+def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
+    from nvlaunch.rootfs import resolve_in_root
+    # 1. Private propagation, a staging tmpfs, and a first pivot into it.
+    _mount(kernel, None, "/", None, C.MS_REC | C.MS_PRIVATE)
+    stage = "/tmp" if os.path.isdir("/tmp") else "/mnt"
+    _mount(kernel, "tmpfs", stage, "tmpfs", C.MS_NOSUID | C.MS_NODEV, "mode=0755")
+    os.chdir(stage)
+    for d in (OLD, UPPER, WORK, NEW):
+        os.mkdir("." + d, 0o755)
+    kernel.pivot_root(".", "." + OLD)
+    os.chdir("/")
+
+    lower = _host(cfg.rootfs)
+    plan = cfg.plan
+
+    # 2. The upper layer: every mount point, link and made file, before the overlay exists.
+    def upper_path(container_path: str) -> str:
+        return UPPER + resolve_in_root(lower, container_path)
+
+    def prepare(container_path: str, kind: str, mode: int = 0o755, target=None, data=None):
+        path = upper_path(container_path)
+        _mkdirs_like(path.rpartition("/")[0], lower)
+        if kind == "dir":
+            os.makedirs(path, mode, exist_ok=True)
+        elif kind == "file":
+            with open(path, "ab"):
+                pass
+        elif kind == "link":
+            if os.path.lexists(path):
+                os.unlink(path)
+            os.symlink(target, path)
+        elif kind == "data":
+            with open(path, "wb") as f:
+                f.write(data)
+            os.chmod(path, mode)
+
+    for d in ("/proc", "/sys", "/dev", "/tmp"):
+        prepare(d, "dir")
+    late = set()   # ids of entries under /dev and /proc: applied once those are mounted
+    for entry in plan.entries:
+        dst = entry.link if isinstance(entry, Symlink) else entry.dst
+        if dst.startswith(("/dev/", "/proc/")):
+            late.add(id(entry))
+        elif isinstance(entry, (BindFile, BindDevice)):
+            prepare(dst, "file")
+        elif isinstance(entry, BindDir):
+            prepare(dst, "dir" if os.path.isdir(entry.src) else "file")
+        elif isinstance(entry, Symlink):
+            prepare(dst, "link", target=entry.target)
+        elif isinstance(entry, WriteFile):
+            prepare(dst, "data", entry.mode, data=entry.data)
+        elif isinstance(entry, Tmpfs):
+            prepare(dst, "dir")
+    if plan.ldcache:
+        from nvlaunch.ldcache_update import merged_cache
+        prepare("/etc/ld.so.cache", "data", 0o644,
+                data=merged_cache(lower, plan.ldcache))
+    for b in cfg.binds:
+        src = _host(b.src)
+        if not os.path.exists(src):
+            raise E.UsageError(f"--bind {b.src}:{b.dst}: {b.src}: no such file or directory")
+        prepare(b.dst, "dir" if os.path.isdir(src) else "file")
+    if cfg.workdir != "/":
+        prepare(cfg.workdir, "dir")
+
+    # 3. The overlay: rootfs below, our layer above (or as a second lower layer).
+    esc = _overlay_escape
+    if cfg.readonly:
+        opts = f"lowerdir={esc(UPPER)}:{esc(lower)}"
+    else:
+        opts = f"lowerdir={esc(lower)},upperdir={UPPER},workdir={WORK}"
+    try:
+        _mount(kernel, "overlay", NEW, "overlay", 0, opts + (",userxattr" if rootless else ""))
+    except E.MountError:
+        if not rootless:
+            raise
+        _mount(kernel, "overlay", NEW, "overlay", 0, opts)
+
+    # 4. /proc, /sys, /dev.
+    _mount(kernel, "proc", NEW + "/proc", "proc", C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC)
+    _bind(kernel, OLD + "/sys", NEW + "/sys",
+          C.MS_REC | C.MS_RDONLY | C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC, "/sys", "/sys")
+    dev = NEW + "/dev"
+    _mount(kernel, "tmpfs", dev, "tmpfs", C.MS_NOSUID | C.MS_NOEXEC, "mode=0755,size=65536k")
+    for name in BASE_DEVICES:
+        if os.path.exists(OLD + "/dev/" + name):
+            _touch(dev + "/" + name)
+            _bind(kernel, OLD + "/dev/" + name, dev + "/" + name, 0, "/dev/" + name)
+    for d in ("pts", "shm"):
+        os.mkdir(dev + "/" + d, 0o755)
+    _mount(kernel, "devpts", dev + "/pts", "devpts", C.MS_NOSUID | C.MS_NOEXEC,
+           "newinstance,ptmxmode=0666,mode=0620")
+    _mount(kernel, "shm", dev + "/shm", "tmpfs", C.MS_NOSUID | C.MS_NODEV, "mode=1777,size=65536k")
+    for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, dev + "/" + link)
+
+    # 5. The plan: driver files, device nodes, /proc/driver/nvidia.
+    for entry in plan.entries:
+        dst = entry.link if isinstance(entry, Symlink) else entry.dst
+        is_late = id(entry) in late
+        target = NEW + (dst if is_late else resolve_in_root(NEW, dst))
+        if is_late:
+            _prepare_late(kernel, entry, target)
+        if isinstance(entry, (BindFile, BindDir, BindDevice)):
+            src = _host(entry.src)
+            if not os.path.exists(src):
+                if getattr(entry, "policy", None) == OPTIONAL:
+                    continue
+                raise E.DiscoveryError(f"{entry.src}: driver file missing")
+            if isinstance(entry, BindDevice):
+                flags = C.MS_NOSUID | C.MS_NOEXEC
+            else:
+                flags = C.MS_NOSUID | C.MS_NODEV | (C.MS_RDONLY if entry.readonly else 0)
+                if isinstance(entry, BindDir) and entry.recursive:
+                    flags |= C.MS_REC
+            _bind(kernel, src, target, flags, entry.src, dst)
+
+    # 6. The user's binds.
+    for b in cfg.binds:
+        target = NEW + resolve_in_root(NEW, b.dst)
+        _bind(kernel, _host(b.src), target, C.MS_REC | (C.MS_RDONLY if b.readonly else 0),
+              b.src, b.dst)
+
+    # 7. Into the new root; the staging tree (and the host under it) is detached.
+    os.chdir(NEW)
+    kernel.pivot_root(".", ".")
+    kernel.umount2(".", C.MNT_DETACH)
+    os.chdir("/")
+    try:
+        os.chdir(cfg.workdir)
+    except OSError as err:
+        raise E.UsageError(f"--workdir {cfg.workdir}: {err.strerror}") from err
+
+
+def _prepare_late(kernel, entry, target: str) -> None:
+    """Entries under /dev and /proc live in filesystems we just mounted ourselves."""
+    if isinstance(entry, Tmpfs):
+        where = target
+        missing = []
+        while not os.path.isdir(where):      # e.g. /proc/driver/nvidia on a host without it
+            where, _, name = where.rpartition("/")
+            missing.insert(0, name)
+        _mount(kernel, "tmpfs", where, "tmpfs", C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC,
+               "mode=0755" if missing else entry.options)
+        for name in missing:
+            where += "/" + name
+            os.mkdir(where, 0o555)
+    elif isinstance(entry, WriteFile):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(entry.data)
+        os.chmod(target, entry.mode)
+    elif isinstance(entry, Symlink):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.symlink(entry.target, target)
+    elif isinstance(entry, BindDir):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        _touch(target)
+
+
+def _touch(path: str) -> None:
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+
+def _mkdirs_like(path: str, lower: str) -> None:
+    """mkdir -p in the upper layer, each directory with the mode of its rootfs twin, so
+    the merged view keeps the rootfs's permissions."""
+    if os.path.isdir(path):
+        return
+    parent = path.rpartition("/")[0]
+    if parent and parent != UPPER:
+        _mkdirs_like(parent, lower)
+    try:
+        mode = stat.S_IMODE(os.stat(lower + path[len(UPPER):]).st_mode)
+    except OSError:
+        mode = 0o755
+    os.mkdir(path, mode)
+    os.chmod(path, mode)
+
+
+def _overlay_escape(path: str) -> str:
+    return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def _loopback_up() -> None:
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname="lo")[0]
+        ipr.link("set", index=idx, state="up")
+
+
+# ---- I side: PID 1 ----------------------------------------------------------------------
+
+def _init_loop(cfg: RunConfig, err_w: int, timings) -> int:
+    """Fork the command and stay as PID 1: forward signals, reap orphans."""
+    env = _container_env(cfg)
+    exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
+    if timings:
+        timings.mark("init")
+        timings.report()
+    pid = os.fork()
+    if pid == 0:
+        os.close(exec_r)
+        try:
+            _become_command(cfg)
+            os.execvpe(cfg.argv[0], list(cfg.argv), env)
+        except OSError as err:
+            os.write(exec_w, json.dumps([err.errno, err.strerror]).encode())
+        except BaseException as exc:  # noqa: BLE001
+            os.write(exec_w, json.dumps([0, str(exc)]).encode())
+        os._exit(E.EXIT_NOTFOUND)
+    os.close(exec_w)
+
+    def forward(signum, _frame):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    for s in FORWARDED_SIGNALS:
+        signal.signal(s, forward)
+    with os.fdopen(exec_r, "rb") as f:
+        failure = f.read()
+    status = 0
+    while True:   # reap everything; leave when the command itself is gone
+        try:
+            done, st = os.wait()
+        except ChildProcessError:
+            break
+        if done == pid:
+            status = st
+            break
+    if failure:
+        err_no, text = json.loads(failure)
+        if err_no:
+            raise E.ExecError(cfg.argv[0], OSError(err_no, text))
+        raise E.NvlaunchError(text)
+    return _exit_code(status)
+
+
+def _container_env(cfg: RunConfig) -> dict:
+    env = {"PATH": DEFAULT_PATH, "HOME": "/root" if cfg.uid == 0 else "/",
+           "HOSTNAME": cfg.hostname or os.uname().nodename}
+    term = os.environ.get("TERM")
+    if term:
+        env["TERM"] = term
+    env.update(dict(cfg.plan.env))
+    env.update(dict(cfg.env))
+    return env
+
+
+def _become_command(cfg: RunConfig) -> None:
+    """In W, before exec: terminal, privileges, ids."""
+    import prctl
+    os.setpgid(0, 0)
+    if os.isatty(0):
+        old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        try:
+            os.tcsetpgrp(0, os.getpgrp())
+        except OSError:
+            pass
+        signal.signal(signal.SIGTTOU, old)
+    for s in FORWARDED_SIGNALS:
+        signal.signal(s, signal.SIG_DFL)
+    prctl.set_pdeathsig(signal.SIGKILL)
+    if os.geteuid() == 0 and not _in_user_namespace():
+        keep = set(C.DEFAULT_CAPABILITIES)
+        for cap in prctl.ALL_CAP_NAMES:
+            if cap not in keep:
+                prctl.capbset_drop(getattr(prctl, "CAP_" + cap.upper()))
+        if cfg.uid or cfg.gid:
+            os.setgroups([cfg.gid])
+            os.setgid(cfg.gid)
+            os.setuid(cfg.uid)
+    prctl.set_no_new_privs(1)

@@ -1,0 +1,86 @@
+"""The injection plan: plain immutable data that every front end applies the same way.
+
+`build_plan(request, host)` (pure: it reads the host, never changes anything) turns a
+Request into a Plan: which device nodes, files and links a container gets, and the
+environment it sees.  Container paths in the plan are absolute paths *inside* the
+container; host paths are real paths on this machine (already under the host roots).
+The front ends (launch.py for `run`, oci_hook.py, lxc_hook.py, cdi.py) decide how:
+`run` creates mount points in a private tmpfs layer, the hooks inside the container's
+rootfs, and the CDI spec turns the same records into containerEdits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# How the executor treats a host source that is missing at apply time (Charliecloud's
+# BD_REQUIRED / BD_OPTIONAL): driver files differ between driver versions.
+REQUIRED = "required"
+OPTIONAL = "optional"
+
+
+@dataclass(frozen=True)
+class BindFile:
+    """Bind a host file (library, binary, firmware, config) onto a container path."""
+    src: str
+    dst: str
+    readonly: bool = True
+    policy: str = REQUIRED
+
+
+@dataclass(frozen=True)
+class BindDir:
+    """Bind a host directory (or socket) onto a container path."""
+    src: str
+    dst: str
+    readonly: bool = True
+    recursive: bool = True
+    policy: str = REQUIRED
+
+
+@dataclass(frozen=True)
+class BindDevice:
+    """Bind a host device node; major/minor are what the cgroup rule allows."""
+    src: str
+    dst: str
+    major: int
+    minor: int
+
+
+@dataclass(frozen=True)
+class Symlink:
+    """Create `link` (container path) pointing at `target` (relative or absolute)."""
+    target: str
+    link: str
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    """A file whose content nvlaunch makes (ld.so.cache, the /proc/driver/nvidia copies)."""
+    dst: str
+    data: bytes
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class Tmpfs:
+    """A fresh tmpfs (e.g. over /proc/driver/nvidia)."""
+    dst: str
+    options: str = "mode=0555"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a container gets.  `entries` are applied in order; `devices` is what the cgroup
+    rules must allow; `env` is added to the container's environment; `libdir` is where
+    libraries went (the ld cache names it); `ldcache` lists (soname, container path)
+    pairs the container's ld.so.cache must hold."""
+    entries: tuple = ()
+    devices: tuple = ()
+    env: tuple = ()
+    libdir: str | None = None
+    ldcache: tuple = ()
+    notes: tuple = field(default=(), compare=False)
+
+    @property
+    def empty(self) -> bool:
+        return not self.entries and not self.env

@@ -1,0 +1,34 @@
+#!/bin/bash
+# One-time set-up of a fresh Debian 12 machine for nvlaunch; quick when run again.
+#   - Debian packages: build tools, the runtimes the tests drive, busybox, uidmap
+#   - a test user (nvltest) with subordinate ids, and a supplementary group (video)
+#   - .venv (Debian's python3, so an unprivileged user can run it) with the build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PKGS=(gcc make libcap-dev python3-venv python3-dev busybox-static uidmap runc crun podman lxc
+      bubblewrap iproute2 util-linux)
+missing=()
+for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+id nvltest >/dev/null 2>&1 || useradd -m -s /bin/sh nvltest
+getent group video >/dev/null || groupadd -r video
+grep -q '^nvltest:' /etc/subuid 2>/dev/null || echo "nvltest:200000:65536" >> /etc/subuid
+grep -q '^nvltest:' /etc/subgid 2>/dev/null || echo "nvltest:200000:65536" >> /etc/subgid
+PY=/usr/bin/python3
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import Cython, pytest, prctl, pyroute2, pynvml, jsonschema' 2>/dev/null; then
+  $PY -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q 'cython>=3' setuptools pytest pyroute2 python-prctl nvidia-ml-py jsonschema pyyaml
+fi
+# Build the extension in place (fast when nothing changed) and install the console script.
+if [ ! -f .venv/bin/nvlaunch ] || [ nvlaunch/_ns.pyx -nt .venv/.nvlaunch-built ] || [ nvlaunch/_ns.pxd -nt .venv/.nvlaunch-built ] || [ setup.py -nt .venv/.nvlaunch-built ]; then
+  .venv/bin/pip install -q --no-build-isolation -e . >/dev/null
+  .venv/bin/python setup.py -q build_ext --inplace >/dev/null 2>&1 || .venv/bin/python setup.py build_ext --inplace
+  touch .venv/.nvlaunch-built
+fi
+chmod -R a+rX .venv nvlaunch 2>/dev/null || true

@@ -1,0 +1,21 @@
+"""Build nvlaunch and its syscall core (nvlaunch._ns, from nvlaunch/_ns.pyx, Cython 3)."""
+from setuptools import Extension, setup
+
+try:
+    from Cython.Build import cythonize
+    ext = cythonize([Extension("nvlaunch._ns", ["nvlaunch/_ns.pyx"])],
+                    compiler_directives={"language_level": 3}, quiet=True)
+except ImportError:  # building from a tree that already holds the generated C file
+    ext = [Extension("nvlaunch._ns", ["nvlaunch/_ns.c"])]
+
+setup(
+    name="nvlaunch",
+    version="0.1.0",
+    description="NVIDIA GPUs for Linux containers, rootless, for any runtime",
+    packages=["nvlaunch"],
+    package_data={"nvlaunch": ["_ns.pyi", "py.typed"]},
+    ext_modules=ext,
+    python_requires=">=3.10",
+    install_requires=["pyroute2", "python-prctl", "nvidia-ml-py"],
+    entry_points={"console_scripts": ["nvlaunch = nvlaunch.cli:main"]},
+)

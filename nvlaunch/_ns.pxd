@@ -41,8 +41,16 @@ cdef extern from "<sys/statvfs.h>" nogil:
 cdef extern from "<sys/syscall.h>" nogil:
     long SYS_pivot_root
     long SYS_clone
+    long SYS_mount_setattr
     long SYS_openat2
     long SYS_bpf
+
+cdef extern from "<linux/mount.h>" nogil:
+    struct mount_attr:
+        uint64_t attr_set
+        uint64_t attr_clr
+        uint64_t propagation
+        uint64_t userns_fd
 
 cdef extern from "<linux/openat2.h>" nogil:
     struct open_how:

@@ -59,6 +59,13 @@ def flags_str(flags: int, names: dict = MOUNT_FLAG_NAMES) -> str:
     return "|".join(out) or "0"
 
 
+# linux/mount.h (mount_setattr)
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+
 # linux/openat2.h
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02

@@ -328,6 +328,7 @@ def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
     _mount(kernel, "proc", NEW + "/proc", "proc", C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC)
     _bind(kernel, OLD + "/sys", NEW + "/sys",
           C.MS_REC | C.MS_RDONLY | C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC, "/sys", "/sys")
+    _readonly_tree(kernel, NEW + "/sys")
     dev = NEW + "/dev"
     _mount(kernel, "tmpfs", dev, "tmpfs", C.MS_NOSUID | C.MS_NOEXEC, "mode=0755,size=65536k")
     for name in BASE_DEVICES:
@@ -379,6 +380,17 @@ def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
         os.chdir(cfg.workdir)
     except OSError as err:
         raise E.UsageError(f"--workdir {cfg.workdir}: {err.strerror}") from err
+
+
+def _readonly_tree(kernel, path: str) -> None:
+    """Make every mount under `path` read-only too (the host's cgroup mounts under /sys
+    would otherwise stay writable for a root container)."""
+    try:
+        kernel.mount_setattr(-100, path, C.AT_RECURSIVE,
+                             C.MOUNT_ATTR_RDONLY | C.MOUNT_ATTR_NOSUID | C.MOUNT_ATTR_NODEV, 0)
+    except OSError as err:
+        if err.errno != errno.ENOSYS:   # before 5.12 only the top of the tree is read-only
+            raise E.MountError("mount_setattr", None, path, "AT_RECURSIVE|MOUNT_ATTR_RDONLY", err) from err
 
 
 def _prepare_late(kernel, entry, target: str) -> None:

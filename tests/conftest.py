@@ -1,0 +1,139 @@
+"""Shared test fixtures: how to run nvlaunch as root and as an unprivileged user.
+
+Tests run against the real kernel.  The unprivileged user is `nvltest` (made by
+scripts/bootstrap.sh, with /etc/subuid ranges) or `nobody` (no subordinate ids, so the
+single-id map path).  Because CI may clone the repo where other users cannot read it,
+the package and its dependencies are staged once into a world-readable directory and
+run from there with Debian's python3.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+TEST_USER = "nvltest"
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+requires_root = pytest.mark.skipif(not is_root(), reason="needs root (namespaces, mknod, cgroups)")
+
+
+@pytest.fixture(scope="session")
+def stage_dir():
+    """A world-readable copy of nvlaunch and its dependencies, for other users."""
+    import prctl
+    import pyroute2
+    d = tempfile.mkdtemp(prefix="nvlaunch-stage-")
+    os.chmod(d, 0o755)
+    shutil.copytree(os.path.join(REPO, "nvlaunch"), os.path.join(d, "nvlaunch"),
+                    ignore=shutil.ignore_patterns("__pycache__", "*.c"))
+    shutil.copytree(os.path.dirname(pyroute2.__file__), os.path.join(d, "pyroute2"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(prctl.__file__, d)
+    import _prctl
+    shutil.copy2(_prctl.__file__, d)
+    subprocess.run(["chmod", "-R", "a+rX", d], check=True)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class Nvlaunch:
+    """Runs `nvlaunch ARGS` as a given user; returns CompletedProcess (text)."""
+
+    def __init__(self, user: str | None, stage: str | None, env: dict | None = None):
+        self.user, self.stage, self.env = user, stage, dict(env or {})
+
+    def cmd(self, *args) -> list:
+        if self.user is None:
+            return [sys.executable, "-m", "nvlaunch", *args]
+        return ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups",
+                "/usr/bin/python3", "-m", "nvlaunch", *args]
+
+    def environ(self, extra=None) -> dict:
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+        if self.user is not None:
+            env["PYTHONPATH"] = self.stage
+            env["HOME"] = "/"
+        else:
+            env["PYTHONPATH"] = REPO
+        env.update(self.env)
+        env.update(extra or {})
+        return env
+
+    def __call__(self, *args, input=None, timeout=60, env=None, **kw):
+        return subprocess.run(self.cmd(*args), input=input, capture_output=True, text=True,
+                              timeout=timeout, env=self.environ(env), cwd="/", **kw)
+
+    def popen(self, *args, env=None, **kw):
+        return subprocess.Popen(self.cmd(*args), env=self.environ(env), cwd="/", **kw)
+
+
+@pytest.fixture(params=["root", "user"])
+def nvl(request, stage_dir):
+    """nvlaunch as root, and as the unprivileged test user."""
+    if not is_root():
+        pytest.skip("needs root to switch users")
+    if request.param == "root":
+        return Nvlaunch(None, None)
+    if not user_exists(TEST_USER):
+        pytest.skip(f"no user {TEST_USER}; run scripts/bootstrap.sh")
+    return Nvlaunch(TEST_USER, stage_dir)
+
+
+@pytest.fixture
+def nvl_root():
+    return Nvlaunch(None, None)
+
+
+@pytest.fixture
+def nvl_user(stage_dir):
+    if not is_root() or not user_exists(TEST_USER):
+        pytest.skip("needs root and the nvltest user")
+    return Nvlaunch(TEST_USER, stage_dir)
+
+
+@pytest.fixture
+def nvl_nobody(stage_dir):
+    """An unprivileged user with no subordinate ids: the single-id map path."""
+    if not is_root():
+        pytest.skip("needs root to switch users")
+    return Nvlaunch("nobody", stage_dir)
+
+
+def mounts_snapshot() -> list:
+    with open("/proc/self/mountinfo") as f:
+        return sorted(line.split(" - ")[0].split(" ", 4)[4] for line in f)
+
+
+def tree_snapshot(root: str) -> dict:
+    """path -> (mode, size, link target) of everything under root."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            out[os.path.relpath(p, root)] = (st.st_mode, st.st_size if not os.path.isdir(p) else 0,
+                                             os.readlink(p) if os.path.islink(p) else None,
+                                             st.st_mtime_ns if not os.path.isdir(p) else 0)
+    return out

@@ -1,0 +1,169 @@
+"""Apply a Plan to a container rootfs in place: the executor of the hooks.
+
+The caller has already entered the container's mount namespace (and user namespace,
+for a rootless runtime); the rootfs is still a plain directory (before pivot_root).
+Everything is done through an O_PATH fd of the rootfs: mount points are created with
+make_in_root, opened with open_in_root, and mounted on `/proc/self/fd/N`, so no symlink
+in the (hostile) rootfs can send a mount or a file onto the host.  What this creates in
+the rootfs is removed again if a later step fails; mounts die with the container's
+mount namespace, which the runtime tears down when the hook fails.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from nvlaunch import consts as C
+from nvlaunch import errors as E
+from nvlaunch.plan import OPTIONAL, BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile
+from nvlaunch.rootfs import make_in_root, open_in_root
+
+
+class Injector:
+    """Applies plan entries under one rootfs fd; remembers what it created."""
+
+    def __init__(self, kernel, rootfs: str):
+        self.kernel = kernel
+        self.rootfs = rootfs
+        self.rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.created: list[str] = []     # container paths this run created, in order
+
+    def close(self) -> None:
+        os.close(self.rootfd)
+
+    def _exists(self, path: str) -> bool:
+        try:
+            os.close(open_in_root(self.kernel, self.rootfd, path, os.O_PATH | os.O_NOFOLLOW))
+            return True
+        except OSError:
+            return False
+
+    def make(self, path: str, kind: str, mode: int = 0o755, target: str | None = None) -> None:
+        # Record every missing ancestor too, so an undo removes the whole new branch.
+        missing = []
+        p = path
+        while p not in ("", "/") and not self._exists(p):
+            missing.append(p)
+            p = p.rpartition("/")[0]
+        make_in_root(self.kernel, self.rootfd, path, kind, mode, target)
+        self.created.extend(reversed(missing))
+
+    def mount_on(self, path: str, source: str | None, fstype: str | None, flags: int,
+                 data: str | None = None, bind: bool = False, shown_source: str | None = None):
+        fd = open_in_root(self.kernel, self.rootfd, path, os.O_PATH)
+        target = f"/proc/self/fd/{fd}"
+        try:
+            if bind:
+                self.kernel.bind_mount(source, target, flags)
+            else:
+                self.kernel.mount(source, target, fstype, flags, data)
+        except OSError as err:
+            raise E.MountError("bind" if bind else "mount", shown_source or source, path,
+                               C.flags_str(flags | (C.MS_BIND if bind else 0)), err) from err
+        finally:
+            os.close(fd)
+
+    def undo(self) -> None:
+        """Remove what make() created, newest first (mounts on them are already gone
+        with the namespace, or make the unlink fail harmlessly)."""
+        for path in reversed(self.created):
+            parent, _, name = path.rpartition("/")
+            try:
+                pfd = open_in_root(self.kernel, self.rootfd, parent or "/", os.O_PATH | os.O_DIRECTORY)
+            except OSError:
+                continue
+            try:
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    os.rmdir(name, dir_fd=pfd)
+                else:
+                    os.unlink(name, dir_fd=pfd)
+            except OSError:
+                pass
+            finally:
+                os.close(pfd)
+        self.created.clear()
+
+
+def inject(plan: Plan, rootfs: str, kernel=None) -> Injector:
+    """Apply `plan` under `rootfs` (already in the container's mount namespace).
+    Returns the Injector (its .created says what was made); undoes and raises on error."""
+    if kernel is None:
+        from nvlaunch.kernel import REAL as kernel
+    inj = Injector(kernel, rootfs)
+    try:
+        for entry in plan.entries:
+            _apply(inj, entry)
+        if plan.ldcache:
+            from nvlaunch.ldcache_update import write_in_root
+            write_in_root(kernel, inj.rootfd, plan.ldcache)
+        return inj
+    except BaseException:
+        inj.undo()
+        raise
+    finally:
+        inj.close()
+
+
+def _apply(inj: Injector, entry) -> None:
+    if isinstance(entry, (BindFile, BindDevice, BindDir)):
+        if not os.path.exists(entry.src):
+            if getattr(entry, "policy", None) == OPTIONAL:
+                return
+            raise E.DiscoveryError(f"{entry.src}: driver file missing")
+        is_dir = isinstance(entry, BindDir) and os.path.isdir(entry.src)
+        inj.make(entry.dst, "dir" if is_dir else "file", 0o755 if is_dir else 0o644)
+        if isinstance(entry, BindDevice):
+            flags = C.MS_NOSUID | C.MS_NOEXEC
+        else:
+            flags = C.MS_NOSUID | C.MS_NODEV | (C.MS_RDONLY if entry.readonly else 0)
+            if isinstance(entry, BindDir) and entry.recursive:
+                flags |= C.MS_REC
+        inj.mount_on(entry.dst, entry.src, None, flags, bind=True)
+    elif isinstance(entry, Symlink):
+        inj.make(entry.link, "link", target=entry.target)
+    elif isinstance(entry, Tmpfs):
+        _tmpfs(inj, entry)
+    elif isinstance(entry, WriteFile):
+        parent, _, name = entry.dst.rpartition("/")
+        inj.make(parent, "dir")
+        pfd = open_in_root(inj.kernel, inj.rootfd, parent, os.O_PATH | os.O_DIRECTORY)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         entry.mode, dir_fd=pfd)
+            with os.fdopen(fd, "wb") as f:
+                f.write(entry.data)
+        finally:
+            os.close(pfd)
+    else:
+        raise TypeError(f"unknown plan entry {entry!r}")
+
+
+def _tmpfs(inj: Injector, entry: Tmpfs) -> None:
+    """A tmpfs at entry.dst.  Under /proc nothing can be created, so where the directory
+    does not exist (a host without /proc/driver/nvidia, e.g. a test tree) the tmpfs goes
+    on the nearest existing ancestor and the rest is made inside it."""
+    where, missing = entry.dst, []
+    while not inj._exists(where):
+        where, _, name = where.rpartition("/")
+        missing.insert(0, name)
+        if not where:
+            raise E.ContainerPathError(f"{entry.dst}: no parent directory in the container")
+    if where == "/proc" or (not where.startswith("/proc/") and missing):
+        # never cover all of /proc; outside /proc just create the directory normally
+        if where == "/proc":
+            raise E.ContainerPathError(f"{entry.dst}: /proc/driver is missing in the container")
+        inj.make(entry.dst, "dir")
+        where, missing = entry.dst, []
+    inj.mount_on(where, "tmpfs", "tmpfs", C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC,
+                 "mode=0755" if missing else entry.options)
+    for name in missing:
+        where += "/" + name
+        try:
+            os.mkdir(os.path.join(f"/proc/self/fd/{inj.rootfd}", where.lstrip("/")), 0o555)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            if err.errno != errno.EEXIST:
+                raise

@@ -248,6 +248,8 @@ def _host(path: str) -> str:
 
 def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
     from nvlaunch.rootfs import resolve_in_root
+    if cfg.plan.ldcache:   # imported now: after the first pivot the host's files are gone
+        from nvlaunch.ldcache_update import merged_cache
     # 1. Private propagation, a staging tmpfs, and a first pivot into it.
     _mount(kernel, None, "/", None, C.MS_REC | C.MS_PRIVATE)
     stage = "/tmp" if os.path.isdir("/tmp") else "/mnt"
@@ -300,7 +302,6 @@ def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
         elif isinstance(entry, Tmpfs):
             prepare(dst, "dir")
     if plan.ldcache:
-        from nvlaunch.ldcache_update import merged_cache
         prepare("/etc/ld.so.cache", "data", 0o644,
                 data=merged_cache(lower, plan.ldcache))
     for b in cfg.binds:

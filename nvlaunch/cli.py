@@ -116,9 +116,12 @@ def cmd_run(gopts: dict, args: list) -> int:
     if len(rest) < 2:
         raise UsageError("run: need ROOTFS and CMD (see `nvlaunch run --help`)")
     rootfs, argv = os.path.abspath(rest[0]), tuple(rest[1:])
-    if not os.path.exists(rootfs):
-        raise UsageError(f"rootfs {rest[0]}: no such directory")
-    if not os.path.isdir(rootfs):
+    try:
+        st = os.stat(rootfs)
+    except OSError as err:
+        raise UsageError(f"rootfs {rest[0]}: {err.strerror}") from None
+    import stat
+    if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"rootfs {rest[0]}: not a directory")
     env = []
     for item in opts.get("env", []):
@@ -146,7 +149,7 @@ def cmd_run(gopts: dict, args: list) -> int:
     if opts.get("timings") or os.environ.get("NVLAUNCH_TIMINGS") == "1":
         from nvlaunch.timings import Timings
         timings = Timings(_T_MAIN)
-    plan = _run_plan(gopts, opts, dict(env))
+    plan = _run_plan(gopts, opts, dict(env), rootfs)
     if opts.get("dry_run"):
         from nvlaunch.show import print_plan
         print_plan(plan, sys.stdout)
@@ -158,7 +161,7 @@ def cmd_run(gopts: dict, args: list) -> int:
     return run(cfg, timings=timings)
 
 
-def _run_plan(gopts: dict, opts: dict, env: dict):
+def _run_plan(gopts: dict, opts: dict, env: dict, rootfs: str):
     """The GPU part of `run`: --gpus wins, else NVIDIA_VISIBLE_DEVICES from --env."""
     from nvlaunch.plan import Plan
     if opts.get("no_gpu"):
@@ -170,7 +173,8 @@ def _run_plan(gopts: dict, opts: dict, env: dict):
     from nvlaunch.build import build_plan
     caps = opts.get("capabilities", env.get("NVIDIA_DRIVER_CAPABILITIES"))
     req = Request(gpus=spec, capabilities=caps, env=tuple(env.items()))
-    return build_plan(req, _host(gopts))
+    from nvlaunch.rootfs import container_libdir
+    return build_plan(req, _host(gopts), container_libdir(rootfs))
 
 
 def main(argv=None) -> int:

@@ -17,6 +17,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 id nvltest >/dev/null 2>&1 || useradd -m -s /bin/sh nvltest
 getent group video >/dev/null || groupadd -r video
+id -nG nvltest | grep -qw video || usermod -aG video nvltest
 grep -q '^nvltest:' /etc/subuid 2>/dev/null || echo "nvltest:200000:65536" >> /etc/subuid
 grep -q '^nvltest:' /etc/subgid 2>/dev/null || echo "nvltest:200000:65536" >> /etc/subgid
 PY=/usr/bin/python3

@@ -40,6 +40,23 @@ requires_root = pytest.mark.skipif(not is_root(), reason="needs root (namespaces
 
 
 @pytest.fixture(scope="session")
+def world_tmp():
+    """A temporary directory every user can traverse (pytest's own tmp is mode 0700)."""
+    d = tempfile.mkdtemp(prefix="nvlaunch-test-", dir="/var/tmp")
+    os.chmod(d, 0o755)
+    yield d
+    subprocess.run(["rm", "-rf", "--one-file-system", d], check=False)
+
+
+@pytest.fixture
+def world_tmp_path(world_tmp, request):
+    """Per-test directory under world_tmp."""
+    d = tempfile.mkdtemp(prefix=request.node.name[:40].replace("/", "_") + "-", dir=world_tmp)
+    os.chmod(d, 0o755)
+    return d
+
+
+@pytest.fixture(scope="session")
 def stage_dir():
     """A world-readable copy of nvlaunch and its dependencies, for other users."""
     import prctl
@@ -61,13 +78,15 @@ def stage_dir():
 class Nvlaunch:
     """Runs `nvlaunch ARGS` as a given user; returns CompletedProcess (text)."""
 
-    def __init__(self, user: str | None, stage: str | None, env: dict | None = None):
+    def __init__(self, user: str | None, stage: str | None, env: dict | None = None,
+                 group: str | None = None):
         self.user, self.stage, self.env = user, stage, dict(env or {})
+        self.group = group or user
 
     def cmd(self, *args) -> list:
         if self.user is None:
             return [sys.executable, "-m", "nvlaunch", *args]
-        return ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups",
+        return ["setpriv", f"--reuid={self.user}", f"--regid={self.group}", "--init-groups",
                 "/usr/bin/python3", "-m", "nvlaunch", *args]
 
     def environ(self, extra=None) -> dict:
@@ -118,7 +137,7 @@ def nvl_nobody(stage_dir):
     """An unprivileged user with no subordinate ids: the single-id map path."""
     if not is_root():
         pytest.skip("needs root to switch users")
-    return Nvlaunch("nobody", stage_dir)
+    return Nvlaunch("nobody", stage_dir, group="nogroup")
 
 
 def mounts_snapshot() -> list:

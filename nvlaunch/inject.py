@@ -17,7 +17,7 @@ import stat
 from nvlaunch import consts as C
 from nvlaunch import errors as E
 from nvlaunch.plan import OPTIONAL, BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile
-from nvlaunch.rootfs import make_in_root, open_in_root
+from nvlaunch.rootfs import make_in_root, open_in_root, resolve_in_root
 
 
 class Injector:
@@ -41,9 +41,11 @@ class Injector:
 
     def make(self, path: str, kind: str, mode: int = 0o755, target: str | None = None) -> None:
         # Record every missing ancestor too, so an undo removes the whole new branch.
+        # Work on the canonical path (links resolved inside the root), so that what a
+        # link in the rootfs made us create is recorded too, and undo needs no links.
         missing = []
-        p = path
-        while p not in ("", "/") and not self._exists(p):
+        p = resolve_in_root(self.rootfs, path)
+        while p not in ("", "/") and not os.path.lexists(self.rootfs.rstrip("/") + p):
             missing.append(p)
             p = p.rpartition("/")[0]
         make_in_root(self.kernel, self.rootfd, path, kind, mode, target)

@@ -123,8 +123,12 @@ def make_in_root(kernel, rootfd: int, path: str, kind: str, mode: int = 0o755,
         os.close(pfd)
 
 
-def mkdirs_in_root(kernel, rootfd: int, path: str, mode: int = 0o755) -> int:
-    """`mkdir -p` inside the root; returns an O_PATH|O_DIRECTORY fd of the last directory."""
+def mkdirs_in_root(kernel, rootfd: int, path: str, mode: int = 0o755, _depth: int = 0) -> int:
+    """`mkdir -p` inside the root; returns an O_PATH|O_DIRECTORY fd of the last directory.
+    A symlink on the way is followed inside the root (and its target created if missing),
+    as `mkdir -p` in the container would."""
+    if _depth > _MAX_LINKS:
+        raise ContainerPathError(f"{path}: too many levels of symbolic links in the rootfs")
     fd = os.dup(rootfd)
     try:
         for name in [p for p in path.split("/") if p and p != "."]:
@@ -134,7 +138,7 @@ def mkdirs_in_root(kernel, rootfd: int, path: str, mode: int = 0o755) -> int:
                 os.mkdir(name, mode, dir_fd=fd)
             except FileExistsError:
                 pass
-            nfd = _open_dir_in(kernel, rootfd, fd, name, path)
+            nfd = _open_dir_in(kernel, rootfd, fd, name, path, _depth)
             os.close(fd)
             fd = nfd
         return fd
@@ -143,7 +147,7 @@ def mkdirs_in_root(kernel, rootfd: int, path: str, mode: int = 0o755) -> int:
         raise
 
 
-def _open_dir_in(kernel, rootfd: int, dirfd: int, name: str, whole: str) -> int:
+def _open_dir_in(kernel, rootfd: int, dirfd: int, name: str, whole: str, depth: int = 0) -> int:
     """Open `name` under `dirfd` as a directory; if it is a symlink, resolve it inside the
     root (not against the host), which is what the container would see."""
     try:
@@ -160,7 +164,10 @@ def _open_dir_in(kernel, rootfd: int, dirfd: int, name: str, whole: str) -> int:
     rel = here[len(root):] if here.startswith(root) else "/"
     target = os.readlink(name, dir_fd=dirfd)
     dest = target if target.startswith("/") else rel.rstrip("/") + "/" + target
-    return open_in_root(kernel, rootfd, dest, os.O_PATH | os.O_DIRECTORY)
+    try:
+        return open_in_root(kernel, rootfd, dest, os.O_PATH | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return mkdirs_in_root(kernel, rootfd, resolve_in_root(root, dest), _depth=depth + 1)
 
 
 # Where a container keeps its libraries: Debian/Ubuntu multiarch, else the lib64 layout

@@ -88,8 +88,8 @@ def run(cfg: RunConfig, kernel=None, timings=None) -> int:
     except OSError as err:
         for fd in (go_r, go_w, err_r, err_w):
             os.close(fd)
-        raise E.NamespaceError(f"cannot create namespaces: {err.strerror}",
-                               E.hint_for(err.errno, "unshare" if rootless else None)) from err
+        hint = (userns_restriction() if rootless else None) or E.hint_for(err.errno, "unshare")
+        raise E.NamespaceError(f"cannot create namespaces: {err.strerror}", hint) from err
     if pid == 0:  # I, PID 1 of the new pid namespace
         os.close(go_w)
         os.close(err_r)
@@ -123,8 +123,32 @@ def run(cfg: RunConfig, kernel=None, timings=None) -> int:
         record = f.read()
     _restore_foreground()
     if record:
-        _raise_record(record)
+        _raise_record(record, userns_restriction() if rootless else None)
     return _exit_code(status)
+
+
+# Kernel settings that refuse or cripple unprivileged user namespaces, and the fix.
+USERNS_SYSCTLS = (
+    ("/proc/sys/kernel/unprivileged_userns_clone", "0",
+     "sysctl -w kernel.unprivileged_userns_clone=1"),
+    ("/proc/sys/user/max_user_namespaces", "0", "sysctl -w user.max_user_namespaces=15000"),
+    ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1",
+     "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or an AppArmor profile "
+     "granting `userns` to nvlaunch's python (Ubuntu 24.04)"),
+)
+
+
+def userns_restriction() -> str | None:
+    """A hint naming the setting that restricts unprivileged user namespaces, if one does."""
+    for path, bad, fix in USERNS_SYSCTLS:
+        try:
+            with open(path) as f:
+                if f.read().strip() == bad:
+                    return (f"unprivileged user namespaces are restricted here "
+                            f"({path[len('/proc/sys/'):].replace('/', '.')} = {bad}); fix: {fix}")
+        except OSError:
+            continue
+    return None
 
 
 # ---- P side -----------------------------------------------------------------------------
@@ -185,14 +209,16 @@ def _report(fd: int, exc: BaseException, debug: bool) -> int:
     return code
 
 
-def _raise_record(record: bytes):
+def _raise_record(record: bytes, restriction: str | None = None):
     try:
         rec = json.loads(record)
     except ValueError:
         raise E.NvlaunchError(record.decode(errors="replace").strip()) from None
     if rec.get("traceback"):
         sys.stderr.write(rec["traceback"])
-    err = E.NvlaunchError(rec.get("message", "container setup failed"))
+    msg = rec.get("message", "container setup failed")
+    hint = restriction if restriction and "not permitted" in msg else None
+    err = E.NvlaunchError(msg, hint)
     err.exit_code = rec.get("exit", E.EXIT_SETUP)
     raise err
 

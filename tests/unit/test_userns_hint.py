@@ -1,0 +1,20 @@
+"""The error hint for hosts that restrict unprivileged user namespaces names the fix."""
+from nvlaunch import launch
+
+
+def test_hint_names_the_setting(tmp_path, monkeypatch):
+    knob = tmp_path / "apparmor_restrict_unprivileged_userns"
+    knob.write_text("1\n")
+    monkeypatch.setattr(launch, "USERNS_SYSCTLS", (
+        (str(tmp_path / "missing"), "0", "never shown"),
+        (str(knob), "1", "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"),
+    ))
+    hint = launch.userns_restriction()
+    assert "apparmor_restrict_unprivileged_userns=0" in hint and "= 1" in hint
+    knob.write_text("0\n")
+    assert launch.userns_restriction() is None
+
+
+def test_this_host_is_not_restricted():
+    # this machine allows unprivileged user namespaces (the rootless tests rely on it)
+    assert launch.userns_restriction() is None

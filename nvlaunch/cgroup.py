@@ -48,7 +48,7 @@ import logging
 import os
 import re
 import resource
-from dataclasses import dataclass
+from nvlaunch.record import record
 from typing import Callable, Iterable
 
 from nvlaunch import bpf
@@ -78,7 +78,7 @@ _HINTS = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class CgroupTarget:
     """The cgroup directory whose device policy we change: v1 devices or v2 unified."""
     version: int
@@ -114,7 +114,7 @@ def parse_proc_cgroup(text: str) -> tuple[str | None, str | None]:
     return v1, v2
 
 
-@dataclass(frozen=True)
+@record
 class MountEntry:
     root: str
     mount_point: str

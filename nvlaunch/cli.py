@@ -97,8 +97,10 @@ def parse_opts(args: list, table: dict, command: str, stop_at_positional: bool =
 def _int_opt(opts: dict, key: str, flag: str) -> int:
     from nvlaunch.errors import UsageError
     val = opts.get(key, "0")
-    if not str(val).isdigit():
+    if not (str(val).isascii() and str(val).isdigit()):
         raise UsageError(f"{flag} {val}: not a non-negative integer")
+    if int(val) >= 4294967295:   # (uid_t)-1 means "no change" to the kernel, not an id
+        raise UsageError(f"{flag} {val}: not a valid id (0..4294967294)")
     return int(val)
 
 

@@ -11,7 +11,7 @@ Pure: stdlib and consts only, so the rules can be built and tested without a ker
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from nvlaunch.record import record
 from typing import Iterable
 
 from nvlaunch.consts import (
@@ -42,7 +42,7 @@ def normalize_access(access: str) -> str:
     return "".join(ch for ch in ALL_ACCESS if ch in access)
 
 
-@dataclass(frozen=True)
+@record
 class DeviceRule:
     """One device cgroup rule; `allow=False` makes it a deny rule."""
     type: str

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
-from dataclasses import dataclass, field
+from nvlaunch.record import record
 
 from nvlaunch import elf, ldcache
 from nvlaunch.errors import DiscoveryError, UsageError
@@ -44,7 +43,7 @@ KINDS = ("lib", "lib32", "bin", "firmware", "config", "ipc")
 ANY = "any"
 
 
-@dataclass(frozen=True)
+@record
 class Capability:
     """What one NVIDIA_DRIVER_CAPABILITIES name injects.
 
@@ -189,7 +188,7 @@ ARCHES = {
 MAXSYMLINKS = 40     # as the kernel's path walk
 
 
-@dataclass(frozen=True)
+@record
 class DriverFile:
     """One file of the driver a container may get.
 
@@ -208,14 +207,14 @@ class DriverFile:
     container_path: str | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Driver:
     """The host driver: its version and every file any capability could inject."""
     version: str
     files: tuple[DriverFile, ...] = ()
     cuda_version: int | None = None
     # Where the libraries came from: "ldcache" or "scan" (no usable ld cache).
-    source: str = field(default="ldcache", compare=False)
+    source: str = "ldcache"
 
 
 # ------------------------------------------------------------------ capabilities
@@ -372,7 +371,10 @@ def resolve_in_root(root: str, path: str) -> str | None:
 
 # ------------------------------------------------------------------ discovery
 
-_VERSION_TOKEN = re.compile(r"^\d+(?:\.\d+)+$")
+def _is_version_token(token: str) -> bool:
+    """Dotted decimal numbers with at least one dot: "580.159.04"."""
+    parts = token.split(".")
+    return len(parts) > 1 and all(p.isdigit() and p.isascii() for p in parts)
 
 
 def parse_version(text: str) -> str | None:
@@ -388,7 +390,7 @@ def parse_version(text: str) -> str | None:
             continue
         tail = line.partition("Kernel Module")[2] or line[len("NVRM version:"):]
         for token in tail.split():
-            if _VERSION_TOKEN.match(token):
+            if _is_version_token(token):
                 return token
     return None
 
@@ -499,7 +501,7 @@ def _ld_conf_dirs(host: HostView, res: _Resolver) -> list[str]:
                     base = res.prefix
                     todo += sorted(p[len(base):] for p in glob.glob(base + pattern))
                 continue
-            for d in re.split(r"[\s:,]+", line):
+            for d in line.replace(":", " ").replace(",", " ").split():
                 d = d.split("=", 1)[0]           # old "dir=TYPE" syntax
                 if d.startswith("/") and d not in out:
                     out.append(d)
@@ -731,5 +733,4 @@ def cuda_driver_version(driver: Driver) -> int | None:
 
 def with_cuda_version(driver: Driver) -> Driver:
     """The same Driver with cuda_version filled in (see cuda_driver_version)."""
-    from dataclasses import replace
-    return replace(driver, cuda_version=cuda_driver_version(driver))
+    return driver._replace(cuda_version=cuda_driver_version(driver))

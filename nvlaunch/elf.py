@@ -12,8 +12,7 @@ None.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import BinaryIO
+from nvlaunch.record import record
 
 ELFMAG = b"\x7fELF"
 ELFCLASS32, ELFCLASS64 = 1, 2
@@ -52,14 +51,14 @@ _LAYOUT = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class ElfInfo:
     elf_class: int          # 32 or 64
     machine: int            # e_machine: EM_X86_64, EM_386, EM_AARCH64, ...
     soname: str | None      # DT_SONAME, None if the file has none
 
 
-@dataclass(frozen=True)
+@record
 class _Seg:
     vaddr: int
     offset: int

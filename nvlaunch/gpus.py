@@ -17,8 +17,7 @@ Pure policy: reads the host through HostView, changes nothing.
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
+from nvlaunch.record import record
 
 from nvlaunch.errors import DiscoveryError, SelectionError
 from nvlaunch.host import HostView, read_text
@@ -32,7 +31,7 @@ MODE_NONE = "none"        # driver files and control nodes, no GPU nodes
 MODE_DEVICES = "devices"  # the selected GPUs (maybe zero of them with "all" on a host without)
 
 
-@dataclass(frozen=True)
+@record
 class Gpu:
     """One GPU. index: nvidia-smi's (PCI bus order); minor: of /dev/nvidia<minor>;
     bus_id: the Linux PCI address "0000:06:00.0", also the name of its
@@ -44,7 +43,7 @@ class Gpu:
     model: str
 
 
-@dataclass(frozen=True)
+@record
 class MigDevice:
     """A MIG device: GPU instance `gi`, compute instance `ci` of `gpu`.  cap_minors are the
     /dev/nvidia-caps/nvidia-cap<N> minors of the gi and ci access files (in that order);
@@ -56,7 +55,7 @@ class MigDevice:
     cap_minors: tuple[int, ...]
 
 
-@dataclass(frozen=True)
+@record
 class Selection:
     """What a GPU request selects.  `gpus` includes the parents of selected MIG devices."""
     gpus: tuple[Gpu, ...] = ()
@@ -78,17 +77,28 @@ class Selection:
 
 # ------------------------------------------------------------------ PCI bus ids
 
-# [domain:]bus:device.function, hex; NVML writes the domain as %08x, Linux as %04x.
-_PCI = re.compile(r"^(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])$")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _hex(text: str, most: int) -> int | None:
+    return int(text, 16) if 0 < len(text) <= most and set(text) <= _HEX else None
 
 
 def parse_bus_id(text: str) -> tuple[int, int, int, int] | None:
-    """"0000:06:00.0", "00000000:06:00.0", "06:00.0" -> (domain, bus, device, function)."""
-    m = _PCI.match(text.strip())
-    if not m:
+    """"0000:06:00.0", "00000000:06:00.0", "06:00.0" -> (domain, bus, device, function).
+
+    [domain:]bus:device.function in hex (NVML writes the domain as %08x, Linux as %04x);
+    parsed by hand rather than with a regular expression, to keep `re` off the hot path."""
+    head, dot, fn = text.strip().rpartition(".")
+    parts = head.split(":")
+    if not dot or len(fn) != 1 or fn not in "01234567" or len(parts) not in (2, 3):
         return None
-    return (int(m.group(1) or "0", 16), int(m.group(2), 16), int(m.group(3), 16),
-            int(m.group(4), 16))
+    if len(parts) == 2:
+        parts.insert(0, "0")
+    domain, bus, dev = _hex(parts[0], 8), _hex(parts[1], 2), _hex(parts[2], 2)
+    if domain is None or bus is None or dev is None:
+        return None
+    return (domain, bus, dev, int(fn))
 
 
 def format_bus_id(parts: tuple[int, int, int, int], nvml: bool = False) -> str:
@@ -243,10 +253,18 @@ def _nvml_mig_uuids(gpus) -> dict[tuple[str, int, int], str]:
 
 # ------------------------------------------------------------------ selection
 
-_INDEX = re.compile(r"^[0-9]+$")
-_MIG_INDEX = re.compile(r"^([0-9]+):([0-9]+)$")
 # MIG-GPU-<gpu uuid>/<gi>/<ci>: the pre-R470 MIG UUID form, which names its parent.
-_MIG_OLD = re.compile(r"^MIG-(GPU-[0-9a-fA-F-]+)/([0-9]+)/([0-9]+)$", re.I)
+_MIG_OLD = r"^MIG-(GPU-[0-9a-fA-F-]+)/([0-9]+)/([0-9]+)$"
+
+
+def _is_index(item: str) -> bool:
+    return item.isascii() and item.isdigit()
+
+
+def _mig_index(item: str) -> tuple[str, str] | None:
+    """"G:M" (MIG device M of GPU G) -> ("G", "M")."""
+    g, colon, m = item.partition(":")
+    return (g, m) if colon and _is_index(g) and _is_index(m) else None
 
 _SYNTAX = ("want all, none, void, or a comma list of GPU indices, GPU UUIDs or unique "
            "UUID prefixes, PCI bus ids, and MIG devices (G:M or MIG-<uuid>)")
@@ -320,7 +338,8 @@ def _by_uuid(item: str, gpus) -> Gpu:
 
 def _by_mig_uuid(item: str, gpus, ctx: _MigContext) -> MigDevice:
     ctx.need_host(item)
-    m = _MIG_OLD.match(item)
+    import re   # MIG forms only: keep `re` off the plain path
+    m = re.match(_MIG_OLD, item, re.I)
     if m:
         parent = next((g for g in gpus if g.uuid.lower() == m.group(1).lower()), None)
         if parent is None:
@@ -403,7 +422,7 @@ def select_gpus(spec: str | None, gpus, host: HostView | None = None) -> Selecti
             if gpu is None:
                 raise SelectionError(f"unknown GPU {item!r}: no GPU at PCI bus id "
                                      f"{format_bus_id(bus, nvml=True)}")
-        elif _INDEX.match(item):
+        elif _is_index(item):
             n = int(item)
             if n >= len(gpus):
                 raise SelectionError(f"unknown GPU {item!r}: no GPU with index {n} "
@@ -411,8 +430,8 @@ def select_gpus(spec: str | None, gpus, host: HostView | None = None) -> Selecti
             gpu = gpus[n]
         elif item[:4].upper() == "MIG-":
             mig = _by_mig_uuid(item, gpus, ctx)
-        elif _MIG_INDEX.match(item):
-            g, m = _MIG_INDEX.match(item).groups()
+        elif _mig_index(item):
+            g, m = _mig_index(item)
             mig = _by_mig_index(item, int(g), int(m), gpus, ctx)
         else:
             raise SelectionError(f"unknown device {item!r}", hint=_SYNTAX)

@@ -6,7 +6,7 @@ host tree (see tests/fakehost.py) and the real host is just HostView() with "/" 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from nvlaunch.record import record
 
 ENV_DRIVER_ROOT = "NVLAUNCH_DRIVER_ROOT"
 ENV_DEV_ROOT = "NVLAUNCH_DEV_ROOT"
@@ -18,7 +18,7 @@ def _join(root: str, path: str) -> str:
     return root if not path else (root.rstrip("/") + "/" + path if root != "/" else "/" + path)
 
 
-@dataclass(frozen=True)
+@record
 class HostView:
     """The three host roots; paths given to the helpers are absolute host paths."""
     driver_root: str = "/"

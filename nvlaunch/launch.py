@@ -22,12 +22,11 @@ Errors in I or W travel to P as one JSON record on a pipe; P prints them as one 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import stat
 import sys
-from dataclasses import dataclass, field
+from nvlaunch.record import record
 
 from nvlaunch import consts as C
 from nvlaunch import errors as E
@@ -46,14 +45,14 @@ WORK = "/work"
 NEW = "/newroot"
 
 
-@dataclass(frozen=True)
+@record
 class UserBind:
     src: str
     dst: str
     readonly: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class RunConfig:
     rootfs: str
     argv: tuple
@@ -65,7 +64,7 @@ class RunConfig:
     uid: int = 0
     gid: int = 0
     readonly: bool = False
-    plan: Plan = field(default_factory=Plan)
+    plan: Plan = Plan()
     debug: bool = False
 
 
@@ -188,8 +187,18 @@ def _restore_foreground() -> None:
         pass
 
 
+# Error records between the container's processes and P: NUL-separated fields, so that
+# no module (json, say) has to be imported for them after pivot_root has hidden the host.
+def _pack(*fields) -> bytes:
+    return "\0".join(str(f).replace("\0", " ") for f in fields).encode(errors="replace")
+
+
+def _unpack(record: bytes) -> list:
+    return record.decode(errors="replace").split("\0")
+
+
 def _report(fd: int, exc: BaseException, debug: bool) -> int:
-    """Write one JSON error record for P; returns the exit code I should use."""
+    """Write one error record for P; returns the exit code I should use."""
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, int) else E.EXIT_SETUP
     if isinstance(exc, E.NvlaunchError):
@@ -198,28 +207,27 @@ def _report(fd: int, exc: BaseException, debug: bool) -> int:
         msg, code = f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", E.EXIT_SETUP
     else:
         msg, code = f"{type(exc).__name__}: {exc}", E.EXIT_SETUP
-    rec = {"message": msg, "exit": code}
+    trace = ""
     if debug:
-        import traceback
-        rec["traceback"] = "".join(traceback.format_exception(exc))
+        import traceback   # imported before pivot_root when --debug (see _container_init)
+        trace = "".join(traceback.format_exception(exc))
     try:
-        os.write(fd, json.dumps(rec).encode())
+        os.write(fd, _pack(code, msg, trace))
     except OSError:
         pass
     return code
 
 
 def _raise_record(record: bytes, restriction: str | None = None):
-    try:
-        rec = json.loads(record)
-    except ValueError:
-        raise E.NvlaunchError(record.decode(errors="replace").strip()) from None
-    if rec.get("traceback"):
-        sys.stderr.write(rec["traceback"])
-    msg = rec.get("message", "container setup failed")
+    fields = _unpack(record)
+    if len(fields) != 3 or not fields[0].isdigit():
+        raise E.NvlaunchError(record.decode(errors="replace").strip() or "container setup failed")
+    code, msg, trace = fields
+    if trace:
+        sys.stderr.write(trace)
     hint = restriction if restriction and "not permitted" in msg else None
     err = E.NvlaunchError(msg, hint)
-    err.exit_code = rec.get("exit", E.EXIT_SETUP)
+    err.exit_code = int(code)
     raise err
 
 
@@ -297,7 +305,7 @@ def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
         path = upper_path(container_path)
         _mkdirs_like(path.rpartition("/")[0], lower)
         if kind == "dir":
-            os.makedirs(path, mode, exist_ok=True)
+            _mkdirs_like(path, lower, mode)
         elif kind == "file":
             with open(path, "ab"):
                 pass
@@ -310,8 +318,14 @@ def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
                 f.write(data)
             os.chmod(path, mode)
 
-    for d in ("/proc", "/sys", "/dev", "/tmp"):
-        prepare(d, "dir")
+    _copy_attrs(lower, UPPER)          # the merged "/" keeps the rootfs's mode and owner
+    for d, mode in (("/proc", 0o555), ("/sys", 0o555), ("/dev", 0o755)):
+        if not os.path.isdir(lower + resolve_in_root(lower, d)):
+            prepare(d, "dir", mode)
+    # /tmp always lives in our layer: with the rootfs's mode, but owned by us where its
+    # owner is not mapped, so that it stays writable (a copy-up of a directory whose
+    # owner the user namespace cannot map fails with EOVERFLOW).
+    prepare("/tmp", "dir", 0o1777)
     late = set()   # ids of entries under /dev and /proc: applied once those are mounted
     for entry in plan.entries:
         dst = entry.link if isinstance(entry, Symlink) else entry.dst
@@ -336,6 +350,9 @@ def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
             raise E.UsageError(f"--bind {b.src}:{b.dst}: {b.src}: no such file or directory")
         prepare(b.dst, "dir" if os.path.isdir(src) else "file")
     if cfg.workdir != "/":
+        there = lower + resolve_in_root(lower, cfg.workdir)
+        if os.path.lexists(there) and not os.path.isdir(there):
+            raise E.UsageError(f"--workdir {cfg.workdir}: not a directory in the rootfs")
         prepare(cfg.workdir, "dir")
 
     # 3. The overlay: rootfs below, our layer above (or as a second lower layer).
@@ -353,9 +370,15 @@ def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
 
     # 4. /proc, /sys, /dev.
     _mount(kernel, "proc", NEW + "/proc", "proc", C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC)
-    _bind(kernel, OLD + "/sys", NEW + "/sys",
-          C.MS_REC | C.MS_RDONLY | C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC, "/sys", "/sys")
-    _readonly_tree(kernel, NEW + "/sys")
+    if cfg.net == "none":
+        # Our own network namespace: a fresh sysfs shows its interfaces, not the host's
+        # (allowed in a user namespace that owns the network namespace).
+        _mount(kernel, "sysfs", NEW + "/sys", "sysfs",
+               C.MS_RDONLY | C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC)
+    else:
+        _bind(kernel, OLD + "/sys", NEW + "/sys",
+              C.MS_REC | C.MS_RDONLY | C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC, "/sys", "/sys")
+        _readonly_tree(kernel, NEW + "/sys")
     dev = NEW + "/dev"
     _mount(kernel, "tmpfs", dev, "tmpfs", C.MS_NOSUID | C.MS_NOEXEC, "mode=0755,size=65536k")
     for name in BASE_DEVICES:
@@ -452,20 +475,34 @@ def _touch(path: str) -> None:
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
 
 
-def _mkdirs_like(path: str, lower: str) -> None:
-    """mkdir -p in the upper layer, each directory with the mode of its rootfs twin, so
-    the merged view keeps the rootfs's permissions."""
+def _mkdirs_like(path: str, lower: str, mode: int = 0o755) -> None:
+    """mkdir -p in the upper layer.  A directory of the upper layer hides the attributes
+    of its rootfs twin in the merged view, so each one takes the twin's mode and owner;
+    directories new to the rootfs get `mode`."""
     if os.path.isdir(path):
         return
     parent = path.rpartition("/")[0]
     if parent and parent != UPPER:
         _mkdirs_like(parent, lower)
+    os.mkdir(path, 0o700)
+    if not _copy_attrs(lower + path[len(UPPER):], path):
+        os.chmod(path, mode)
+
+
+def _copy_attrs(src: str, dst: str) -> bool:
+    """Mode and owner of `src` onto `dst`; False if `src` does not exist.  An owner the
+    user namespace does not map (it shows as the overflow id) is left as is."""
     try:
-        mode = stat.S_IMODE(os.stat(lower + path[len(UPPER):]).st_mode)
+        st = os.stat(src)
     except OSError:
-        mode = 0o755
-    os.mkdir(path, mode)
-    os.chmod(path, mode)
+        return False
+    os.chmod(dst, stat.S_IMODE(st.st_mode))
+    if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+        try:
+            os.chown(dst, st.st_uid, st.st_gid)
+        except OSError:
+            pass
+    return True
 
 
 def _overlay_escape(path: str) -> str:
@@ -495,9 +532,9 @@ def _init_loop(cfg: RunConfig, err_w: int, timings) -> int:
             _become_command(cfg)
             os.execvpe(cfg.argv[0], list(cfg.argv), env)
         except OSError as err:
-            os.write(exec_w, json.dumps([err.errno, err.strerror]).encode())
+            os.write(exec_w, _pack(err.errno, err.strerror))
         except BaseException as exc:  # noqa: BLE001
-            os.write(exec_w, json.dumps([0, str(exc)]).encode())
+            os.write(exec_w, _pack(0, exc))
         os._exit(E.EXIT_NOTFOUND)
     os.close(exec_w)
 
@@ -520,9 +557,9 @@ def _init_loop(cfg: RunConfig, err_w: int, timings) -> int:
             status = st
             break
     if failure:
-        err_no, text = json.loads(failure)
-        if err_no:
-            raise E.ExecError(cfg.argv[0], OSError(err_no, text))
+        err_no, text = _unpack(failure)
+        if int(err_no):
+            raise E.ExecError(cfg.argv[0], OSError(int(err_no), text))
         raise E.NvlaunchError(text)
     return _exit_code(status)
 

@@ -10,7 +10,7 @@ rootfs, and the CDI spec turns the same records into containerEdits.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from nvlaunch.record import record
 
 # How the executor treats a host source that is missing at apply time (Charliecloud's
 # BD_REQUIRED / BD_OPTIONAL): driver files differ between driver versions.
@@ -18,7 +18,7 @@ REQUIRED = "required"
 OPTIONAL = "optional"
 
 
-@dataclass(frozen=True)
+@record
 class BindFile:
     """Bind a host file (library, binary, firmware, config) onto a container path."""
     src: str
@@ -27,7 +27,7 @@ class BindFile:
     policy: str = REQUIRED
 
 
-@dataclass(frozen=True)
+@record
 class BindDir:
     """Bind a host directory (or socket) onto a container path."""
     src: str
@@ -37,7 +37,7 @@ class BindDir:
     policy: str = REQUIRED
 
 
-@dataclass(frozen=True)
+@record
 class BindDevice:
     """Bind a host device node; major/minor are what the cgroup rule allows."""
     src: str
@@ -46,14 +46,14 @@ class BindDevice:
     minor: int
 
 
-@dataclass(frozen=True)
+@record
 class Symlink:
     """Create `link` (container path) pointing at `target` (relative or absolute)."""
     target: str
     link: str
 
 
-@dataclass(frozen=True)
+@record
 class WriteFile:
     """A file whose content nvlaunch makes (ld.so.cache, the /proc/driver/nvidia copies)."""
     dst: str
@@ -61,14 +61,14 @@ class WriteFile:
     mode: int = 0o644
 
 
-@dataclass(frozen=True)
+@record
 class Tmpfs:
     """A fresh tmpfs (e.g. over /proc/driver/nvidia)."""
     dst: str
     options: str = "mode=0555"
 
 
-@dataclass(frozen=True)
+@record
 class Plan:
     """What a container gets.  `entries` are applied in order; `devices` is what the cgroup
     rules must allow; `env` is added to the container's environment; `libdir` is where
@@ -79,7 +79,7 @@ class Plan:
     env: tuple = ()
     libdir: str | None = None
     ldcache: tuple = ()
-    notes: tuple = field(default=(), compare=False)
+    notes: tuple = ()
 
     @property
     def empty(self) -> bool:

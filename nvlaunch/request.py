@@ -2,10 +2,10 @@
 from the container's environment.  Stdlib only."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from nvlaunch.record import record
 
 
-@dataclass(frozen=True)
+@record
 class Request:
     gpus: str | None                 # NVIDIA_VISIBLE_DEVICES syntax; None/""/"void" = nothing
     capabilities: str | None = None  # NVIDIA_DRIVER_CAPABILITIES syntax; None = default

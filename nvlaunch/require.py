@@ -24,7 +24,7 @@ Semantics of libnvidia-container (src/cli/dsl.c, src/cli/configure.c) and the to
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from nvlaunch.record import record
 from typing import Callable, Iterable, Mapping
 
 from nvlaunch.errors import RequirementError
@@ -59,7 +59,7 @@ def disabled(env: Mapping[str, str]) -> bool:
     return bool(parse_bool(env.get(DISABLE, "")))
 
 
-@dataclass(frozen=True)
+@record
 class Condition:
     key: str
     op: str

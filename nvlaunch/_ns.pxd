@@ -19,6 +19,10 @@ cdef extern from "<fcntl.h>" nogil:
     int O_WRONLY
     int O_CLOEXEC
 
+cdef extern from "<sys/prctl.h>" nogil:
+    int c_prctl "prctl"(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
+                        unsigned long arg5)
+
 cdef extern from "<sched.h>" nogil:
     int c_unshare "unshare"(int flags)
     int c_setns "setns"(int fd, int nstype)

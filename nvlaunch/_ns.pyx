@@ -160,6 +160,17 @@ def mount_setattr(int dirfd, path, unsigned int flags, uint64_t attr_set, uint64
         raise _err(errno, path)
 
 
+def prctl(int option, unsigned long arg2):
+    """prctl(2) for the options that take one argument (PR_SET_PDEATHSIG,
+    PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, ...); returns the call's result."""
+    cdef int r
+    with nogil:
+        r = c_prctl(option, arg2, 0, 0, 0)
+    if r < 0:
+        raise _err(errno)
+    return r
+
+
 def umount2(target, int flags):
     cdef bytes bt = _b(target)
     cdef const char *ct = bt

@@ -151,7 +151,7 @@ def cmd_run(gopts: dict, args: list) -> int:
     if opts.get("timings") or os.environ.get("NVLAUNCH_TIMINGS") == "1":
         from nvlaunch.timings import Timings
         timings = Timings(_T_MAIN)
-    plan = _run_plan(gopts, opts, dict(env), rootfs)
+    plan, cache_key = _run_plan(gopts, opts, dict(env), rootfs)
     if opts.get("dry_run"):
         from nvlaunch.show import print_plan
         print_plan(plan, sys.stdout)
@@ -159,24 +159,41 @@ def cmd_run(gopts: dict, args: list) -> int:
     cfg = RunConfig(rootfs=rootfs, argv=argv, env=tuple(env), binds=tuple(binds), workdir=workdir,
                     hostname=opts.get("hostname"), net=net, uid=uid, gid=gid,
                     readonly=bool(opts.get("readonly")), plan=plan, debug=bool(gopts.get("debug")))
+    from nvlaunch.errors import EXIT_SETUP, NvlaunchError
     from nvlaunch.launch import run
-    return run(cfg, timings=timings)
+    try:
+        return run(cfg, timings=timings)
+    except NvlaunchError as err:
+        if cache_key and err.exit_code == EXIT_SETUP:   # never trust a plan that failed
+            from nvlaunch import plancache
+            plancache.drop(cache_key)
+        raise
 
 
 def _run_plan(gopts: dict, opts: dict, env: dict, rootfs: str):
-    """The GPU part of `run`: --gpus wins, else NVIDIA_VISIBLE_DEVICES from --env."""
+    """The GPU part of `run`: --gpus wins, else NVIDIA_VISIBLE_DEVICES from --env.
+    Returns (plan, cache key or None); a plan cached by an earlier launch is reused while
+    the driver and GPUs are unchanged (plancache.py)."""
     from nvlaunch.plan import Plan
     if opts.get("no_gpu"):
-        return Plan()
+        return Plan(), None
     spec = opts.get("gpus", env.get("NVIDIA_VISIBLE_DEVICES"))
     if spec is None or spec.strip() in ("", "void"):
-        return Plan()
+        return Plan(), None
+    from nvlaunch import plancache
     from nvlaunch.request import Request
-    from nvlaunch.build import build_plan
-    caps = opts.get("capabilities", env.get("NVIDIA_DRIVER_CAPABILITIES"))
-    req = Request(gpus=spec, capabilities=caps, env=tuple(env.items()))
     from nvlaunch.rootfs import container_libdir
-    return build_plan(req, _host(gopts), container_libdir(rootfs))
+    caps = opts.get("capabilities", env.get("NVIDIA_DRIVER_CAPABILITIES"))
+    req = Request(gpus=spec, capabilities=caps,
+                  env=tuple(sorted((k, v) for k, v in env.items() if k.startswith("NVIDIA_"))))
+    host, libdir = _host(gopts), container_libdir(rootfs)
+    key = plancache.key(host, req, libdir)
+    plan = plancache.load(key)
+    if plan is None:
+        from nvlaunch.build import build_plan
+        plan = build_plan(req, host, libdir)
+        plancache.store(key, plan)
+    return plan, key
 
 
 def main(argv=None) -> int:

@@ -85,6 +85,10 @@ BPF_DEVCG_ACC_WRITE = 4
 BPF_DEVCG_DEV_BLOCK = 1
 BPF_DEVCG_DEV_CHAR = 2
 
+# linux/prctl.h
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+
 # Linux capabilities a container keeps as root, the same default set as runc and
 # podman: everything else is dropped from the bounding set.
 DEFAULT_CAPABILITIES = (

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import subprocess
 
 from nvlaunch.errors import NamespaceError
 
@@ -66,15 +65,26 @@ def write_maps(kernel, pid: int, uid: int, gid: int) -> None:
     subg = subordinate_range("/etc/subgid", euid) if os.path.exists(NEWGIDMAP) else None
     uids, gids = id_map(uid, euid, subu), id_map(gid, egid, subg)
     if subu and subg:
-        # The two helpers run side by side: each is a setuid exec, about a millisecond.
-        procs = [subprocess.Popen([helper, str(pid)] + [str(x) for line in lines for x in line],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                 for helper, lines in ((NEWUIDMAP, uids), (NEWGIDMAP, gids))]
-        for proc, helper in zip(procs, (NEWUIDMAP, NEWGIDMAP)):
-            out = proc.communicate()[0].decode(errors="replace").strip()
-            if proc.returncode != 0:
-                raise NamespaceError(f"{helper} failed: {out or proc.returncode}",
-                                     "check /etc/subuid and /etc/subgid for this user")
+        # The two setuid helpers run side by side (posix_spawn: importing subprocess
+        # would cost more than both helpers together).
+        running = []
+        for helper, lines in ((NEWUIDMAP, uids), (NEWGIDMAP, gids)):
+            r, w = os.pipe2(os.O_CLOEXEC)
+            argv = [helper, str(pid)] + [str(x) for line in lines for x in line]
+            child = os.posix_spawn(helper, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                                   file_actions=[(os.POSIX_SPAWN_DUP2, w, 1),
+                                                 (os.POSIX_SPAWN_DUP2, w, 2)])
+            os.close(w)
+            running.append((helper, child, r))
+        failures = []
+        for helper, child, r in running:
+            with os.fdopen(r, "rb") as f:
+                out = f.read().decode(errors="replace").strip()
+            status = os.waitpid(child, 0)[1]
+            if status != 0:
+                failures.append(f"{helper} failed: {out or os.waitstatus_to_exitcode(status)}")
+        if failures:
+            raise NamespaceError("; ".join(failures), "check /etc/subuid and /etc/subgid for this user")
         return
     try:
         kernel.write_file(f"/proc/{pid}/uid_map", _fmt(id_map(uid, euid, None)))

@@ -18,6 +18,7 @@ class RealKernel:
     mount = staticmethod(_ns.mount)
     bind_mount = staticmethod(_ns.bind_mount)
     umount2 = staticmethod(_ns.umount2)
+    prctl = staticmethod(_ns.prctl)
     mount_setattr = staticmethod(_ns.mount_setattr)
     sethostname = staticmethod(_ns.sethostname)
     pivot_root = staticmethod(_ns.pivot_root)

@@ -234,22 +234,21 @@ def _raise_record(record: bytes, restriction: str | None = None):
 # ---- I side: the mount tree ---------------------------------------------------------------
 
 def _container_init(cfg: RunConfig, kernel, err_w: int, timings) -> int:
-    import prctl
-    prctl.set_pdeathsig(signal.SIGKILL)
+    kernel.prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
     # Everything I and W import must be imported before pivot_root hides the host.
+    if os.geteuid() == 0 and not _in_user_namespace():
+        import prctl  # noqa: F401  (the bounding set, by capability name; root only)
     if cfg.net == "none":
         from pyroute2 import IPRoute  # noqa: F401
     if cfg.debug:
         import traceback  # noqa: F401
     rootless = os.geteuid() != 0 or _in_user_namespace()
-    _build_root(cfg, kernel, rootless)
-    if timings:
-        timings.mark("mounts")
+    _build_root(cfg, kernel, rootless, timings)
     if cfg.hostname:
         kernel.sethostname(cfg.hostname)
     if cfg.net == "none":
         _loopback_up()
-    return _init_loop(cfg, err_w, timings)
+    return _init_loop(cfg, kernel, err_w, timings)
 
 
 def _in_user_namespace() -> bool:
@@ -280,7 +279,7 @@ def _host(path: str) -> str:
     return OLD + os.path.abspath(path)
 
 
-def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
+def _build_root(cfg: RunConfig, kernel, rootless: bool, timings=None) -> None:
     from nvlaunch.rootfs import resolve_in_root
     if cfg.plan.ldcache:   # imported now: after the first pivot the host's files are gone
         from nvlaunch.ldcache_update import merged_cache
@@ -296,6 +295,8 @@ def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
 
     lower = _host(cfg.rootfs)
     plan = cfg.plan
+    mark = timings.mark if timings else (lambda phase: None)
+    mark("staging")
 
     # 2. The upper layer: every mount point, link and made file, before the overlay exists.
     def upper_path(container_path: str) -> str:
@@ -341,9 +342,11 @@ def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
             prepare(dst, "data", entry.mode, data=entry.data)
         elif isinstance(entry, Tmpfs):
             prepare(dst, "dir")
+    mark("layer")
     if plan.ldcache:
         prepare("/etc/ld.so.cache", "data", 0o644,
                 data=merged_cache(lower, plan.ldcache))
+        mark("ldcache")
     for b in cfg.binds:
         src = _host(b.src)
         if not os.path.exists(src):
@@ -367,6 +370,8 @@ def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
         if not rootless:
             raise
         _mount(kernel, "overlay", NEW, "overlay", 0, opts)
+
+    mark("overlay")
 
     # 4. /proc, /sys, /dev.
     _mount(kernel, "proc", NEW + "/proc", "proc", C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC)
@@ -393,6 +398,8 @@ def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
     for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, dev + "/" + link)
+
+    mark("base-mounts")
 
     # 5. The plan: driver files, device nodes, /proc/driver/nvidia.
     for entry in plan.entries:
@@ -421,6 +428,8 @@ def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
         _bind(kernel, _host(b.src), target, C.MS_REC | (C.MS_RDONLY if b.readonly else 0),
               b.src, b.dst)
 
+    mark("binds")
+
     # 7. Into the new root; the staging tree (and the host under it) is detached.
     os.chdir(NEW)
     kernel.pivot_root(".", ".")
@@ -430,6 +439,7 @@ def _build_root(cfg: RunConfig, kernel, rootless: bool) -> None:
         os.chdir(cfg.workdir)
     except OSError as err:
         raise E.UsageError(f"--workdir {cfg.workdir}: {err.strerror}") from err
+    mark("pivot")
 
 
 def _readonly_tree(kernel, path: str) -> None:
@@ -518,7 +528,7 @@ def _loopback_up() -> None:
 
 # ---- I side: PID 1 ----------------------------------------------------------------------
 
-def _init_loop(cfg: RunConfig, err_w: int, timings) -> int:
+def _init_loop(cfg: RunConfig, kernel, err_w: int, timings) -> int:
     """Fork the command and stay as PID 1: forward signals, reap orphans."""
     env = _container_env(cfg)
     exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
@@ -529,7 +539,7 @@ def _init_loop(cfg: RunConfig, err_w: int, timings) -> int:
     if pid == 0:
         os.close(exec_r)
         try:
-            _become_command(cfg)
+            _become_command(cfg, kernel)
             os.execvpe(cfg.argv[0], list(cfg.argv), env)
         except OSError as err:
             os.write(exec_w, _pack(err.errno, err.strerror))
@@ -575,9 +585,10 @@ def _container_env(cfg: RunConfig) -> dict:
     return env
 
 
-def _become_command(cfg: RunConfig) -> None:
-    """In W, before exec: terminal, privileges, ids."""
-    import prctl
+def _become_command(cfg: RunConfig, kernel) -> None:
+    """In W, before exec: terminal, privileges, ids.  The two prctl(2) calls every launch
+    makes go through the syscall core; python-prctl, whose import costs more than the
+    rest of this function, is only used for the bounding set, as root."""
     os.setpgid(0, 0)
     if os.isatty(0):
         old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
@@ -588,8 +599,9 @@ def _become_command(cfg: RunConfig) -> None:
         signal.signal(signal.SIGTTOU, old)
     for s in FORWARDED_SIGNALS:
         signal.signal(s, signal.SIG_DFL)
-    prctl.set_pdeathsig(signal.SIGKILL)
+    kernel.prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.geteuid() == 0 and not _in_user_namespace():
+        import prctl
         keep = set(C.DEFAULT_CAPABILITIES)
         for cap in prctl.ALL_CAP_NAMES:
             if cap not in keep:
@@ -598,4 +610,4 @@ def _become_command(cfg: RunConfig) -> None:
             os.setgroups([cfg.gid])
             os.setgid(cfg.gid)
             os.setuid(cfg.uid)
-    prctl.set_no_new_privs(1)
+    kernel.prctl(C.PR_SET_NO_NEW_PRIVS, 1)

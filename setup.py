@@ -17,5 +17,5 @@ setup(
     ext_modules=ext,
     python_requires=">=3.10",
     install_requires=["pyroute2", "python-prctl", "nvidia-ml-py"],
-    entry_points={"console_scripts": ["nvlaunch = nvlaunch.cli:main"]},
+    scripts=["bin/nvlaunch"],   # a plain script: see its header for why not an entry point
 )

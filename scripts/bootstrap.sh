@@ -21,10 +21,10 @@ id -nG nvltest | grep -qw video || usermod -aG video nvltest
 grep -q '^nvltest:' /etc/subuid 2>/dev/null || echo "nvltest:200000:65536" >> /etc/subuid
 grep -q '^nvltest:' /etc/subgid 2>/dev/null || echo "nvltest:200000:65536" >> /etc/subgid
 PY=/usr/bin/python3
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import Cython, pytest, prctl, pyroute2, pynvml, jsonschema' 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import Cython, pytest, prctl, pyroute2, pynvml, jsonschema, wheel' 2>/dev/null; then
   $PY -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q 'cython>=3' setuptools pytest pyroute2 python-prctl nvidia-ml-py jsonschema pyyaml
+  .venv/bin/pip install -q 'cython>=3' setuptools wheel pytest pyroute2 python-prctl nvidia-ml-py jsonschema pyyaml
 fi
 # Build the extension in place (fast when nothing changed) and install the console script.
 if [ ! -f .venv/bin/nvlaunch ] || [ nvlaunch/_ns.pyx -nt .venv/.nvlaunch-built ] || [ nvlaunch/_ns.pxd -nt .venv/.nvlaunch-built ] || [ setup.py -nt .venv/.nvlaunch-built ]; then

@@ -109,7 +109,6 @@ def bind_mount(source, target, unsigned long flags):
     cdef const char *ct = bt
     cdef unsigned long want = flags & (0x1 | 0x2 | 0x4 | 0x8)
     cdef unsigned long bind = _MS_BIND | (flags & _MS_REC)
-    cdef statvfs sv
     cdef int r
     while True:
         with nogil:
@@ -118,8 +117,20 @@ def bind_mount(source, target, unsigned long flags):
             break
         if errno != EINTR:
             raise _err(errno, target, source)
-    if not want:
-        return
+    if want:
+        remount_bind(target, want)
+
+
+def remount_bind(target, unsigned long flags):
+    """Remount the bind mount at `target` with RDONLY/NOSUID/NODEV/NOEXEC from `flags` added
+    to the flags it carries now (statvfs), so no locked flag is ever cleared.  `target` must
+    name the mount itself: after binding onto /proc/self/fd/N, that link still leads to the
+    inode *under* the new mount, so the caller reopens the path first."""
+    cdef bytes bt = _b(target)
+    cdef const char *ct = bt
+    cdef unsigned long want = flags & (0x1 | 0x2 | 0x4 | 0x8)
+    cdef statvfs sv
+    cdef int r
     with nogil:
         r = c_statvfs(ct, &sv)
     if r != 0:
@@ -130,7 +141,7 @@ def bind_mount(source, target, unsigned long flags):
         if r == 0:
             return
         if errno != EINTR:
-            raise _err(errno, target, source)
+            raise _err(errno, target)
 
 
 def sethostname(name):

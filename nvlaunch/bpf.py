@@ -51,7 +51,8 @@ Pure: stdlib, consts and devices only; nothing here talks to a kernel.
 from __future__ import annotations
 
 import struct
-from typing import Iterable, NamedTuple
+from collections import namedtuple
+from collections.abc import Iterable
 
 from nvlaunch.devices import ALL_ACCESS, DEV_TYPES, DeviceRule, access_mask
 
@@ -85,12 +86,7 @@ INSN_SIZE = 8
 _INSN = struct.Struct("<BBhi")   # struct bpf_insn: code, dst:4|src:4, s16 off, s32 imm
 
 
-class Insn(NamedTuple):
-    code: int
-    dst: int
-    src: int
-    off: int
-    imm: int
+Insn = namedtuple("Insn", "code dst src off imm")   # one decoded instruction
 
 
 def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:

@@ -44,12 +44,9 @@ way `no-cgroups = true` does for NVIDIA's toolkit).
 from __future__ import annotations
 
 import errno
-import logging
 import os
-import re
 import resource
-from nvlaunch.record import record
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from nvlaunch import bpf
 from nvlaunch.consts import (
@@ -57,10 +54,27 @@ from nvlaunch.consts import (
 )
 from nvlaunch.devices import DeviceRule, normalize_access, parse_v1_line
 from nvlaunch.errors import CgroupError
+from nvlaunch.record import record
 from nvlaunch.host import HostView
 from nvlaunch.kernel import REAL
 
-log = logging.getLogger("nvlaunch.cgroup")
+class _Log:
+    """Debug lines on stderr with NVLAUNCH_DEBUG=1 (the logging module costs a hook more
+    to import than its whole cgroup step)."""
+
+    @staticmethod
+    def debug(fmt: str, *args) -> None:
+        if os.environ.get("NVLAUNCH_DEBUG") == "1":
+            import sys
+            sys.stderr.write("nvlaunch: debug: cgroup: " + (fmt % args) + "\n")
+
+    @staticmethod
+    def warning(fmt: str, *args) -> None:
+        import sys
+        sys.stderr.write("nvlaunch: warning: cgroup: " + (fmt % args) + "\n")
+
+
+log = _Log()
 
 LICENSE = "Apache"            # what runc, crun and libnvidia-container load theirs with
 QUERY_START_IDS = 64          # BPF_PROG_QUERY id slots first tried (runc: 64)
@@ -90,7 +104,15 @@ class CgroupTarget:
 def _unescape(field: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo (show_mountinfo()
     # -> seq_path_root()/mangle() in fs/proc_namespace.c).
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+    parts = field.split("\\")
+    out = [parts[0]]
+    for part in parts[1:]:
+        code = part[:3]
+        if len(code) == 3 and all(c in "01234567" for c in code):
+            out.append(chr(int(code, 8)) + part[3:])
+        else:
+            out.append("\\" + part)
+    return "".join(out)
 
 
 def parse_proc_cgroup(text: str) -> tuple[str | None, str | None]:

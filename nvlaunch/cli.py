@@ -250,7 +250,7 @@ COMMANDS = {
     "cdi": _lazy("nvlaunch.cdi", "cmd_cdi"),
     "setup": _lazy("nvlaunch.setup_cmd", "cmd_setup"),
     "runtime": _lazy("nvlaunch.runtime_shim", "cmd_runtime"),
-    "ldcache": _lazy("nvlaunch.ldcache_update", "cmd_ldcache"),
+    "ldcache": _lazy("nvlaunch.cdi_hook", "cmd_ldcache"),
 }
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ Pure: stdlib and consts only, so the rules can be built and tested without a ker
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from nvlaunch.record import record
-from typing import Iterable
 
 from nvlaunch.consts import (
     BPF_DEVCG_ACC_MKNOD, BPF_DEVCG_ACC_READ, BPF_DEVCG_ACC_WRITE,

@@ -28,6 +28,7 @@ class Injector:
         self.rootfs = rootfs
         self.rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.created: list[str] = []     # container paths this run created, in order
+        self.mounted: list[str] = []     # container paths this run mounted on, in order
 
     def close(self) -> None:
         os.close(self.rootfd)
@@ -54,12 +55,19 @@ class Injector:
     def mount_on(self, path: str, source: str | None, fstype: str | None, flags: int,
                  data: str | None = None, bind: bool = False, shown_source: str | None = None):
         fd = open_in_root(self.kernel, self.rootfd, path, os.O_PATH)
-        target = f"/proc/self/fd/{fd}"
         try:
-            if bind:
-                self.kernel.bind_mount(source, target, flags)
-            else:
-                self.kernel.mount(source, target, fstype, flags, data)
+            if not bind:
+                self.kernel.mount(source, f"/proc/self/fd/{fd}", fstype, flags, data)
+                self.mounted.append(path)
+                return
+            self.kernel.bind_mount(source, f"/proc/self/fd/{fd}", flags & C.MS_REC)
+            self.mounted.append(path)
+            if flags & ~C.MS_REC:
+                # The fd still names the inode under the new mount: reopen the path,
+                # which now leads to the mount's root, and remount that.
+                os.close(fd)
+                fd = open_in_root(self.kernel, self.rootfd, path, os.O_PATH)
+                self.kernel.remount_bind(f"/proc/self/fd/{fd}", flags)
         except OSError as err:
             raise E.MountError("bind" if bind else "mount", shown_source or source, path,
                                C.flags_str(flags | (C.MS_BIND if bind else 0)), err) from err
@@ -67,8 +75,21 @@ class Injector:
             os.close(fd)
 
     def undo(self) -> None:
-        """Remove what make() created, newest first (mounts on them are already gone
-        with the namespace, or make the unlink fail harmlessly)."""
+        """Detach what mount_on() mounted, then remove what make() created, newest first.
+        The container's mount namespace is still alive here (the runtime tears it down
+        only after the hook failed), so a mount point must be unmounted before it can go."""
+        for path in reversed(self.mounted):
+            try:
+                fd = open_in_root(self.kernel, self.rootfd, path, os.O_PATH)
+            except OSError:
+                continue
+            try:
+                self.kernel.umount2(f"/proc/self/fd/{fd}", C.MNT_DETACH)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        self.mounted.clear()
         for path in reversed(self.created):
             parent, _, name = path.rpartition("/")
             try:

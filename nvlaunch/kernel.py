@@ -17,6 +17,7 @@ class RealKernel:
     setns = staticmethod(_ns.setns)
     mount = staticmethod(_ns.mount)
     bind_mount = staticmethod(_ns.bind_mount)
+    remount_bind = staticmethod(_ns.remount_bind)
     umount2 = staticmethod(_ns.umount2)
     prctl = staticmethod(_ns.prctl)
     mount_setattr = staticmethod(_ns.mount_setattr)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 
 from nvlaunch.errors import NvlaunchError, UsageError
@@ -111,25 +112,12 @@ def cmd_lxc_hook(gopts: dict, args: list, environ=None) -> int:
         # container mounts procfs over it later: a view made here would be hidden.
         plan = without_proc(plan)
         notes.append("no procfs at /proc yet: /proc/driver/nvidia view skipped")
-    inject(plan, rootfs, _kernel())
+    inject(plan, rootfs)
     name = env.get("LXC_NAME") or (args[0] if args else "?")
     sys.stdout.write(f"nvlaunch: {name}: {len(plan.devices)} device nodes, "
                      f"{sum(1 for e in plan.entries if hasattr(e, 'src')) - len(plan.devices)} "
                      f"files bound into {rootfs}" + "".join(f"; {n}" for n in notes) + "\n")
     return 0
-
-
-def _kernel():
-    """The kernel for inject().  oci_hook.MountFdKernel makes a flagged bind onto an
-    O_PATH fd with open_tree + mount_setattr + move_mount: the plain REAL kernel binds
-    and then remounts `/proc/self/fd/N`, which resolves to the covered inode, not to the
-    new mount (EINVAL).  Reported to the owners of inject.py/_ns.pyx."""
-    from nvlaunch.kernel import REAL
-    try:
-        from nvlaunch.oci_hook import MountFdKernel
-    except ImportError:
-        return REAL
-    return MountFdKernel(REAL)
 
 
 # ------------------------------------------------------------------ setup lxc
@@ -139,9 +127,9 @@ def hook_command(gopts: dict | None, hook_path: str | None = None) -> str:
     from nvlaunch.cdi_hook import hook_invocation
     path, argv, env = hook_invocation(hook_path)
     words: list[str] = []
-    extra_env = [e for e in env if e.startswith(("PYTHONPATH=", "PYTHONSAFEPATH="))]
-    if extra_env:
-        words += ["env"] + extra_env
+    extra_env = [e for e in env if e.startswith("PYTHONPATH=")]
+    if extra_env:         # `python -m nvlaunch` from a source tree (see hook_invocation)
+        words += [shutil.which("env") or "/usr/bin/env"] + extra_env
     words += [path] + argv[1:]
     host = _setup_host(gopts)
     for flag, value in (("--driver-root", host.driver_root), ("--dev-root", host.dev_root),

@@ -12,7 +12,7 @@ into a container system.  Existing configuration is merged, never clobbered.
                 since the runc shim passes no extra arguments); plain text, no TOML library
     runc        prints how to use the shim or the hook; with --config BUNDLE/config.json,
                 adds the prestart hook to that config.json
-    lxc         nvlaunch.lxc_hook.setup_lxc(args, dry_run)
+    lxc         nvlaunch.lxc_hook.setup_lxc(args, dry_run, gopts)
 
 Options:
     --dry-run            print what would be written and where; write nothing
@@ -306,16 +306,10 @@ def setup_runc(gopts: dict, opts: dict, w: Writer) -> int:
     return 0
 
 
-def setup_lxc(gopts: dict, opts: dict, args: list, w: Writer) -> int:
-    try:
-        from nvlaunch import lxc_hook
-    except ImportError:
-        lxc_hook = None
-    fn = getattr(lxc_hook, "setup_lxc", None)
-    if fn is None:
-        raise E.UsageError("setup lxc: this nvlaunch has no LXC support (nvlaunch.lxc_hook.setup_lxc)")
-    result = fn(args, bool(opts.get("dry_run")))
-    return int(result or 0)
+def setup_lxc(gopts: dict, args: list) -> int:
+    """`setup lxc NAME ...`: the container config block (lxc_hook.setup_lxc)."""
+    from nvlaunch import lxc_hook
+    return int(lxc_hook.setup_lxc(args, "--dry-run" in args, gopts=gopts) or 0)
 
 
 def cmd_setup(gopts: dict, args: list) -> int:
@@ -327,8 +321,11 @@ def cmd_setup(gopts: dict, args: list) -> int:
     if target not in TARGETS:
         raise E.UsageError(f"setup: unknown system {target!r} (one of {', '.join(TARGETS)})")
     if target == "lxc":
-        dry = "--dry-run" in rest
-        return setup_lxc(gopts, {"dry_run": dry}, rest, Writer(dry))
+        return setup_lxc(gopts, rest)
+    if target == "podman" and "--cdi" in rest:
+        # `setup podman --cdi`: a CDI spec in /etc/cdi instead of the OCI hook (cdi.py)
+        from nvlaunch import cdi
+        return int(cdi.setup_cdi(rest, "--dry-run" in rest, gopts=gopts) or 0)
     opts, extra = parse_opts(rest, SETUP_OPTS, f"setup {target}")
     if opts.get("help"):
         sys.stdout.write(SETUP_USAGE)

@@ -33,6 +33,12 @@ class FakeKernel:
     def bind_mount(self, source, target, flags):
         self._record("bind_mount", source, self._where(target), flags)
 
+    def remount_bind(self, target, flags):
+        self._record("remount_bind", self._where(target), flags)
+
+    def umount2(self, target, flags):
+        self._record("umount2", self._where(target), flags)
+
     def write_file(self, path, data):
         self._record("write_file", path, data)
 

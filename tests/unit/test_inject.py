@@ -38,12 +38,15 @@ def test_mounts_stay_inside_a_hostile_root(layout):
     root, outside, src = layout
     k = FakeKernel()
     inject(plan_for(src), str(root), k)
-    assert k.names() == ["bind_mount", "bind_mount"]
-    (_, (dev_src, dev_dst, dev_flags)), (_, (lib_src, lib_dst, lib_flags)) = k.calls
-    assert dev_src == "/dev/null" and dev_dst == str(root / "dev/nvidia0")
+    # each bind, then a remount of the new mount (reopened) with the flags added
+    assert k.names() == ["bind_mount", "remount_bind", "bind_mount", "remount_bind"]
+    (_, (dev_src, dev_dst, f0)), (_, (dev_re, dev_flags)), \
+        (_, (lib_src, lib_dst, f1)), (_, (lib_re, lib_flags)) = k.calls
+    assert dev_src == "/dev/null" and dev_dst == dev_re == str(root / "dev/nvidia0")
+    assert f0 == f1 == 0
     assert dev_flags == C.MS_NOSUID | C.MS_NOEXEC
     # the absolute link was re-rooted: the mount point is inside the rootfs
-    assert lib_dst == str(root / str(outside).lstrip("/") / "libcuda.so.580.159.04")
+    assert lib_dst == lib_re == str(root / str(outside).lstrip("/") / "libcuda.so.580.159.04")
     assert lib_flags == C.MS_NOSUID | C.MS_NODEV | C.MS_RDONLY
     assert os.listdir(outside) == []
     assert os.readlink(root / str(outside).lstrip("/") / "libcuda.so.1") == "libcuda.so.580.159.04"
@@ -53,7 +56,7 @@ def test_failure_removes_what_was_created(layout):
     root, outside, src = layout
     before = tree_snapshot(str(root))
     k = FakeKernel()
-    k.fail_on("bind_mount", 2)
+    k.fail_on("remount_bind", 2)
     with pytest.raises(MountError) as exc:
         inject(plan_for(src), str(root), k)
     assert "libcuda.so.580.159.04" in str(exc.value) and "Operation not permitted" in str(exc.value)

@@ -65,9 +65,11 @@ def build_plan(req: Request, host: HostView, libdir: str | None = MULTIARCH_LIBD
         entries.append(_device(host, f"/dev/nvidia-caps-imex-channels/channel{channel}", True))
     devices = [e for e in entries if isinstance(e, BindDevice)]
 
+    files = drv.files_for(driver, caps)
+    _check_essentials(files, caps, driver)
     ldcache: list = []
     used_libdir = libdir
-    for f in drv.files_for(driver, caps):
+    for f in files:
         if f.kind in ("lib", "lib32"):
             if libdir is None:
                 target_dir = os.path.dirname(_unroot(host, f.host_path))
@@ -95,6 +97,22 @@ def build_plan(req: Request, host: HostView, libdir: str | None = MULTIARCH_LIBD
     return Plan(entries=tuple(entries), devices=tuple(devices), env=tuple(env),
                 libdir=used_libdir, ldcache=tuple(ldcache),
                 notes=(f"driver {driver.version}",))
+
+
+# Libraries without which a capability cannot work at all: their absence is an error (a
+# container would start and fail obscurely), where other missing driver libraries are
+# left out, as libnvidia-container does (driver versions differ in what they ship).
+ESSENTIAL_LIBS = {"compute": "libcuda.so.1", "utility": "libnvidia-ml.so.1"}
+
+
+def _check_essentials(files, caps, driver) -> None:
+    have = {f.soname for f in files if f.kind == "lib"}
+    for cap, soname in ESSENTIAL_LIBS.items():
+        if cap in caps and soname not in have:
+            raise DiscoveryError(
+                f"driver library {soname} (capability {cap}) not found for driver "
+                f"{driver.version}", "is the driver installed completely? check the ld cache "
+                "(ldconfig -p) and --driver-root")
 
 
 def _unroot(host: HostView, path: str) -> str:

@@ -154,3 +154,18 @@ def test_list_json(nvl_user, host):
     assert [d["path"] for d in data["devices"] if d["path"][11:].isdigit()] == [f"/dev/nvidia{host.gpus[1].minor}"]
     assert any(f["path"].endswith(f"libcuda.so.{DRIVER}") for f in data["files"])
     assert not any("580.95.05" in f["host_path"] or "/cuda-13.0/" in f["host_path"] for f in data["files"])
+
+
+def test_missing_essential_library_is_an_error(nvl_user, world_tmp_path, rootfs):
+    """No libcuda for compute: one error line naming it, nothing started; an optional
+    library (OpenCL) missing is left out without error."""
+    broken = build_fake_host(os.path.join(world_tmp_path, "host"), gpus=1)
+    subprocess.run(["chmod", "-R", "a+rX", broken.root], check=True)
+    os.unlink(os.path.join(broken.lib_dir, f"libcuda.so.{DRIVER}"))
+    r = run(nvl_user, broken, rootfs, "--gpus", "0", script="echo started")
+    assert r.returncode == 125 and "started" not in r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "libcuda.so.1" in lines[0] and "compute" in lines[0], r.stderr
+    r = run(nvl_user, broken, rootfs, "--gpus", "0", "--capabilities", "utility",
+            script="nvidia-smi -L")
+    assert r.returncode == 0 and broken.gpus[0].uuid in r.stdout, r.stderr

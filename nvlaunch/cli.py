@@ -186,14 +186,7 @@ def _run_plan(gopts: dict, opts: dict, env: dict, rootfs: str):
     caps = opts.get("capabilities", env.get("NVIDIA_DRIVER_CAPABILITIES"))
     req = Request(gpus=spec, capabilities=caps,
                   env=tuple(sorted((k, v) for k, v in env.items() if k.startswith("NVIDIA_"))))
-    host, libdir = _host(gopts), container_libdir(rootfs)
-    key = plancache.key(host, req, libdir)
-    plan = plancache.load(key)
-    if plan is None:
-        from nvlaunch.build import build_plan
-        plan = build_plan(req, host, libdir)
-        plancache.store(key, plan)
-    return plan, key
+    return plancache.cached_plan(req, _host(gopts), container_libdir(rootfs))
 
 
 def main(argv=None) -> int:

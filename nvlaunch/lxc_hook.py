@@ -101,11 +101,11 @@ def cmd_lxc_hook(gopts: dict, args: list, environ=None) -> int:
     req = Request.from_env(dict(env))
     if req.void:
         return 0
-    from nvlaunch.build import build_plan
     from nvlaunch.cli import _host
     from nvlaunch.inject import inject
+    from nvlaunch.plancache import cached_plan
     from nvlaunch.rootfs import container_libdir
-    plan = build_plan(req, _host(gopts), container_libdir(rootfs))
+    plan = cached_plan(req, _host(gopts), container_libdir(rootfs))[0]
     notes = []
     if not _proc_mounted(rootfs):
         # Without lxc.mount.auto = proc:..., /proc is an empty directory now and the

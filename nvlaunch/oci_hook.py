@@ -231,11 +231,11 @@ def run_hook(gopts: dict, stage: str, state: dict, log, no_cgroups: bool = False
         return 0
     rootfs = container_rootfs(state, config)
     from nvlaunch.cli import _host
-    from nvlaunch.build import build_plan
+    from nvlaunch.plancache import cached_plan
     from nvlaunch.rootfs import container_libdir
     host = _host(gopts)
     libdir = container_libdir(rootfs)
-    plan = build_plan(req, host, libdir)
+    plan = cached_plan(req, host, libdir)[0]
     log(f"plan: {len(plan.entries)} entries, {len(plan.devices)} device nodes, libdir {libdir}, "
         f"rootfs {rootfs}")
     if plan.empty:

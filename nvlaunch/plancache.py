@@ -142,6 +142,18 @@ def drop(k: tuple) -> None:
             pass
 
 
+def cached_plan(request, host, libdir):
+    """(plan, key): the plan for this request, from the cache while the host is unchanged,
+    else built (build.build_plan) and stored.  `key` lets a caller drop() a plan that failed."""
+    k = key(host, request, libdir)
+    plan = load(k)
+    if plan is None:
+        from nvlaunch.build import build_plan
+        plan = build_plan(request, host, libdir)
+        store(k, plan)
+    return plan, k
+
+
 def _encode(plan) -> tuple:
     rec = lambda e: (type(e).__name__, tuple(e))  # noqa: E731
     return (tuple(map(rec, plan.entries)), tuple(map(rec, plan.devices)), plan.env, plan.libdir,

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 
 from nvlaunch.errors import UsageError
 from nvlaunch.plan import BindDevice, BindDir, BindFile, Symlink
@@ -251,24 +250,11 @@ def format_for(path: str | None, fmt: str | None) -> str:
     return "json"
 
 
-def write_atomic(path: str, text: str, mode: int = SPEC_MODE) -> None:
-    """Write `text` to `path` via a temporary file in the same directory and rename(2),
-    so a runtime reading the spec directory never sees half a file."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".nvlaunch-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
+    """The spec, written atomically (files.write_atomic): a runtime reading the spec
+    directory never sees half a file."""
+    from nvlaunch.files import write_atomic as write
+    write(path, text, mode)
 
 
 # ------------------------------------------------------------------ commands

@@ -12,6 +12,7 @@ None.
 from __future__ import annotations
 
 import struct
+from io import BufferedReader
 from nvlaunch.record import record
 
 ELFMAG = b"\x7fELF"
@@ -65,7 +66,7 @@ class _Seg:
     filesz: int
 
 
-def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
+def _read_at(f: BufferedReader, offset: int, size: int) -> bytes:
     if offset < 0 or size < 0:
         raise ValueError("negative offset or size")
     f.seek(offset)
@@ -75,7 +76,7 @@ def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
     return data
 
 
-def _cstring(f: BinaryIO, offset: int) -> str:
+def _cstring(f: BufferedReader, offset: int) -> str:
     f.seek(offset)
     data = f.read(MAX_SONAME)
     end = data.find(b"\0")
@@ -108,7 +109,7 @@ def _soname_from_dynamic(f, bo, dyn_fmt, dyn_off, dyn_size, vaddr_to_off, strtab
     return _cstring(f, strtab_off + soname_idx)
 
 
-def _parse(f: BinaryIO) -> ElfInfo | None:
+def _parse(f: BufferedReader) -> ElfInfo | None:
     ident = f.read(16)
     if len(ident) < 16 or ident[:4] != ELFMAG:
         return None

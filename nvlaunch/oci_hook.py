@@ -139,17 +139,8 @@ def read_state(data: bytes | str) -> dict:
 
 
 def load_config(bundle: str) -> dict:
-    path = os.path.join(bundle, "config.json")
-    try:
-        with open(path, "rb") as f:
-            config = json.loads(f.read().decode("utf-8"))
-    except OSError as err:
-        raise E.UsageError(f"{path}: {err.strerror}") from None
-    except ValueError as err:
-        raise E.UsageError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise E.UsageError(f"{path}: not a JSON object")
-    return config
+    from nvlaunch.files import load_json_object
+    return load_json_object(os.path.join(bundle, "config.json"))
 
 
 def container_rootfs(state: dict, config: dict) -> str:

@@ -161,44 +161,17 @@ def add_hook(config: dict, entry: dict, stage: str = "prestart") -> bool:
 
 
 def write_json_atomic(path: str, data, mode: int | None = None, indent: int | None = None) -> None:
-    """Write JSON to a temporary file next to `path`, fsync, rename over it."""
-    d = os.path.dirname(os.path.abspath(path))
-    if mode is None:
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o644
-    tmp = os.path.join(d, f".{os.path.basename(path)}.nvlaunch-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=indent)
-            if indent is not None:
-                f.write("\n")
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """JSON to `path`, atomically (files.write_atomic), keeping the file's mode."""
+    from nvlaunch.files import write_atomic
+    text = json.dumps(data, indent=indent) + ("\n" if indent is not None else "")
+    write_atomic(path, text, mode)
 
 
 def patch_bundle(bundle: str, entry: dict) -> bool:
     """Add the hook to `bundle`/config.json when the container wants GPUs; True if written."""
+    from nvlaunch.files import load_json_object
     path = os.path.join(bundle, "config.json")
-    try:
-        with open(path, "rb") as f:
-            config = json.loads(f.read().decode("utf-8"))
-    except OSError as err:
-        raise E.UsageError(f"{path}: {err.strerror}") from None
-    except ValueError as err:
-        raise E.UsageError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise E.UsageError(f"{path}: not a JSON object")
+    config = load_json_object(path)
     if not wants_gpus(config) or not add_hook(config, entry):
         return False
     write_json_atomic(path, config)

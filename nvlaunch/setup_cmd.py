@@ -92,21 +92,8 @@ class Writer:
 
 
 def _atomic_write(path: str, data: bytes, mode: int) -> None:
-    tmp = f"{path}.nvlaunch-{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from nvlaunch.files import write_atomic
+    write_atomic(path, data, mode)
 
 
 def _hook_path(opts: dict) -> str:

@@ -196,6 +196,10 @@ def main(argv=None) -> int:
         return _dispatch(argv)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:           # `nvlaunch list | head`: the reader left; say nothing
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except Exception as exc:  # noqa: BLE001 - the one place errors become a line
         from nvlaunch.errors import NvlaunchError, EXIT_SETUP
         if debug:

@@ -1,5 +1,9 @@
+import os
 import sys
 
 from nvlaunch.cli import main
 
-sys.exit(main())
+code = main()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(code)   # no interpreter teardown: see bin/nvlaunch

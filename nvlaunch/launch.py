@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
+import _signal as signal   # the C module: `signal` would import enum (2 ms a launch)
 import stat
 import sys
 from nvlaunch.record import record
@@ -529,24 +529,40 @@ def _loopback_up() -> None:
 # ---- I side: PID 1 ----------------------------------------------------------------------
 
 def _init_loop(cfg: RunConfig, kernel, err_w: int, timings) -> int:
-    """Fork the command and stay as PID 1: forward signals, reap orphans."""
+    """Start the command and stay as PID 1: forward signals, reap orphans.
+
+    Without a terminal the command is started with posix_spawn (a vfork: no copy of this
+    Python process), after PID 1 has dropped what the container must not have, which the
+    command inherits.  With a terminal it is forked, so that it can make itself the
+    terminal's foreground process group before it execs."""
     env = _container_env(cfg)
-    exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
     if timings:
         timings.mark("init")
         timings.report()
-    pid = os.fork()
-    if pid == 0:
-        os.close(exec_r)
+    failure = b""
+    if not os.isatty(0):
+        _drop_privileges(cfg, kernel)
         try:
-            _become_command(cfg, kernel)
-            os.execvpe(cfg.argv[0], list(cfg.argv), env)
+            pid = os.posix_spawn(_find_command(cfg.argv[0], env), list(cfg.argv), env,
+                                 setpgroup=0)
         except OSError as err:
-            os.write(exec_w, _pack(err.errno, err.strerror))
-        except BaseException as exc:  # noqa: BLE001
-            os.write(exec_w, _pack(0, exc))
-        os._exit(E.EXIT_NOTFOUND)
-    os.close(exec_w)
+            raise E.ExecError(cfg.argv[0], err) from None
+    else:
+        exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            os.close(exec_r)
+            try:
+                _become_command(cfg, kernel)
+                _execvpe(cfg.argv[0], list(cfg.argv), env)
+            except OSError as err:
+                os.write(exec_w, _pack(err.errno, err.strerror))
+            except BaseException as exc:  # noqa: BLE001
+                os.write(exec_w, _pack(0, exc))
+            os._exit(E.EXIT_NOTFOUND)
+        os.close(exec_w)
+        with os.fdopen(exec_r, "rb") as f:
+            failure = f.read()
 
     def forward(signum, _frame):
         try:
@@ -555,8 +571,6 @@ def _init_loop(cfg: RunConfig, kernel, err_w: int, timings) -> int:
             pass
     for s in FORWARDED_SIGNALS:
         signal.signal(s, forward)
-    with os.fdopen(exec_r, "rb") as f:
-        failure = f.read()
     status = 0
     while True:   # reap everything; leave when the command itself is gone
         try:
@@ -574,6 +588,43 @@ def _init_loop(cfg: RunConfig, kernel, err_w: int, timings) -> int:
     return _exit_code(status)
 
 
+def _find_command(name: str, env: dict) -> str:
+    """`name` looked up in the container's PATH as execvp(3) would: the first executable
+    regular file; EACCES if only non-executable ones exist; ENOENT if none."""
+    if "/" in name:
+        return name
+    denied = None
+    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
+        path = os.path.join(directory or ".", name)
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK):
+            return path
+        denied = path
+    if denied:
+        raise E.ExecError(name, OSError(errno.EACCES, os.strerror(errno.EACCES)))
+    raise E.ExecError(name, OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
+
+
+def _execvpe(name: str, argv: list, env: dict) -> None:
+    """execvpe(3) over the container's PATH.  Written out because os.execvpe imports the
+    `warnings` module on its way, and after pivot_root no module can be imported.  Like
+    execvp: a missing file moves on, EACCES is remembered, ENOENT if nothing was found."""
+    if "/" in name:
+        os.execve(name, argv, env)
+    denied = None
+    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
+        try:
+            os.execve(os.path.join(directory or ".", name), argv, env)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except PermissionError as err:
+            denied = err
+    raise denied or FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+
 def _container_env(cfg: RunConfig) -> dict:
     env = {"PATH": DEFAULT_PATH, "HOME": "/root" if cfg.uid == 0 else "/",
            "HOSTNAME": cfg.hostname or os.uname().nodename}
@@ -586,20 +637,25 @@ def _container_env(cfg: RunConfig) -> dict:
 
 
 def _become_command(cfg: RunConfig, kernel) -> None:
-    """In W, before exec: terminal, privileges, ids.  The two prctl(2) calls every launch
-    makes go through the syscall core; python-prctl, whose import costs more than the
-    rest of this function, is only used for the bounding set, as root."""
+    """In the forked command (terminal case), before exec: the terminal's foreground,
+    default signal handlers, a parent-death signal, then the privilege drops."""
     os.setpgid(0, 0)
-    if os.isatty(0):
-        old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-        try:
-            os.tcsetpgrp(0, os.getpgrp())
-        except OSError:
-            pass
-        signal.signal(signal.SIGTTOU, old)
+    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.tcsetpgrp(0, os.getpgrp())
+    except OSError:
+        pass
+    signal.signal(signal.SIGTTOU, old)
     for s in FORWARDED_SIGNALS:
         signal.signal(s, signal.SIG_DFL)
     kernel.prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
+    _drop_privileges(cfg, kernel)
+
+
+def _drop_privileges(cfg: RunConfig, kernel) -> None:
+    """As real root (no user namespace): the bounding set trimmed to the container default
+    (by name, with python-prctl) and --uid/--gid with only that group.  Always:
+    no_new_privs.  Inherited by everything the container starts."""
     if os.geteuid() == 0 and not _in_user_namespace():
         import prctl
         keep = set(C.DEFAULT_CAPABILITIES)

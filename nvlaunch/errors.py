@@ -83,6 +83,38 @@ class ExecError(NvlaunchError):
         super().__init__(msg)
 
 
+def describe(exc: BaseException) -> tuple[int, str]:
+    """(exit code, one-line message) for any exception, as the CLI reports it."""
+    if isinstance(exc, NvlaunchError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, OSError):
+        return EXIT_SETUP, f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+    return EXIT_SETUP, f"internal error: {type(exc).__name__}: {exc}"
+
+
+# Error records, for a failure in a process that nvlaunch forked (a container's PID 1, a
+# hook's injector) to reach the parent as one line: NUL-separated fields, so that no
+# module has to be imported to write one (after pivot_root, none can be).
+def pack_error(exc: BaseException, trace: bool = False) -> bytes:
+    code, message = describe(exc)
+    text = ""
+    if trace:
+        import traceback   # callers that pass trace=True import it while they still can
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return "\0".join(str(f).replace("\0", " ") for f in (code, message, text)).encode(errors="replace")
+
+
+def unpack_error(record: bytes) -> tuple["NvlaunchError", str]:
+    """The error a record describes (with its exit code), and its traceback text."""
+    fields = record.decode(errors="replace").split("\0")
+    if len(fields) != 3 or not fields[0].isdigit():
+        return NvlaunchError(record.decode(errors="replace").strip() or "setup failed"), ""
+    code, message, trace = fields
+    err = NvlaunchError(message)
+    err.exit_code = int(code)
+    return err, trace
+
+
 # errno -> a hint a user can act on, keyed by (errno, operation) or errno alone.
 _HINTS = {
     (_errno.EPERM, "unshare"): "the kernel refuses unprivileged user namespaces here; "

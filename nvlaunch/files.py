@@ -36,11 +36,11 @@ def write_atomic(path: str, data, mode: int | None = None) -> None:
 
 def load_json_object(path: str) -> dict:
     """A JSON object from `path`; UsageError naming the file otherwise."""
-    import json
+    from nvlaunch import jsonread
     from nvlaunch.errors import UsageError
     try:
         with open(path, "rb") as f:
-            data = json.loads(f.read().decode("utf-8"))
+            data = jsonread.loads(f.read())
     except OSError as err:
         raise UsageError(f"{path}: {err.strerror}") from None
     except ValueError as err:

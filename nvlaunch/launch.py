@@ -187,47 +187,23 @@ def _restore_foreground() -> None:
         pass
 
 
-# Error records between the container's processes and P: NUL-separated fields, so that
-# no module (json, say) has to be imported for them after pivot_root has hidden the host.
-def _pack(*fields) -> bytes:
-    return "\0".join(str(f).replace("\0", " ") for f in fields).encode(errors="replace")
-
-
-def _unpack(record: bytes) -> list:
-    return record.decode(errors="replace").split("\0")
-
-
 def _report(fd: int, exc: BaseException, debug: bool) -> int:
     """Write one error record for P; returns the exit code I should use."""
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, int) else E.EXIT_SETUP
-    if isinstance(exc, E.NvlaunchError):
-        msg, code = str(exc), exc.exit_code
-    elif isinstance(exc, OSError):
-        msg, code = f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", E.EXIT_SETUP
-    else:
-        msg, code = f"{type(exc).__name__}: {exc}", E.EXIT_SETUP
-    trace = ""
-    if debug:
-        import traceback   # imported before pivot_root when --debug (see _container_init)
-        trace = "".join(traceback.format_exception(exc))
     try:
-        os.write(fd, _pack(code, msg, trace))
+        os.write(fd, E.pack_error(exc, trace=debug))
     except OSError:
         pass
-    return code
+    return E.describe(exc)[0]
 
 
 def _raise_record(record: bytes, restriction: str | None = None):
-    fields = _unpack(record)
-    if len(fields) != 3 or not fields[0].isdigit():
-        raise E.NvlaunchError(record.decode(errors="replace").strip() or "container setup failed")
-    code, msg, trace = fields
+    err, trace = E.unpack_error(record)
     if trace:
         sys.stderr.write(trace)
-    hint = restriction if restriction and "not permitted" in msg else None
-    err = E.NvlaunchError(msg, hint)
-    err.exit_code = int(code)
+    if restriction and "not permitted" in str(err):
+        err.hint = restriction
     raise err
 
 
@@ -556,9 +532,9 @@ def _init_loop(cfg: RunConfig, kernel, err_w: int, timings) -> int:
                 _become_command(cfg, kernel)
                 _execvpe(cfg.argv[0], list(cfg.argv), env)
             except OSError as err:
-                os.write(exec_w, _pack(err.errno, err.strerror))
+                os.write(exec_w, E.pack_error(E.ExecError(cfg.argv[0], err)))
             except BaseException as exc:  # noqa: BLE001
-                os.write(exec_w, _pack(0, exc))
+                os.write(exec_w, E.pack_error(exc))
             os._exit(E.EXIT_NOTFOUND)
         os.close(exec_w)
         with os.fdopen(exec_r, "rb") as f:
@@ -581,10 +557,7 @@ def _init_loop(cfg: RunConfig, kernel, err_w: int, timings) -> int:
             status = st
             break
     if failure:
-        err_no, text = _unpack(failure)
-        if int(err_no):
-            raise E.ExecError(cfg.argv[0], OSError(int(err_no), text))
-        raise E.NvlaunchError(text)
+        raise E.unpack_error(failure)[0]
     return _exit_code(status)
 
 

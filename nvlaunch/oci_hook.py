@@ -41,12 +41,12 @@ either; the container keeps the value it was given.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
 from nvlaunch import errors as E
+from nvlaunch import jsonread
 
 # Hook stage argument -> config.json hooks key.  poststart/poststop are accepted and do
 # nothing, so a hooks.d file or a config listing the hook for them does not break.
@@ -126,7 +126,7 @@ def read_state(data: bytes | str) -> dict:
     if not data.strip():
         raise E.UsageError("no OCI state JSON on stdin (run me as an OCI hook)")
     try:
-        state = json.loads(data)
+        state = jsonread.loads(data)
     except ValueError as err:
         raise E.UsageError(f"OCI state on stdin is not JSON: {err}") from None
     if not isinstance(state, dict):
@@ -329,7 +329,8 @@ def _become_root() -> None:
 
 
 def _inject_in_child(plan, rootfs: str, ns: _Namespaces, log) -> int:
-    """fork; the child joins the namespaces, injects, reports JSON over a pipe."""
+    """fork; the child joins the namespaces, injects, and reports over a pipe: "OK <n>"
+    (n paths created) or an error record (errors.pack_error)."""
     from nvlaunch.consts import CLONE_NEWNS, CLONE_NEWUSER
     r, w = os.pipe2(os.O_CLOEXEC)
     sys.stdout.flush()
@@ -337,7 +338,6 @@ def _inject_in_child(plan, rootfs: str, ns: _Namespaces, log) -> int:
     pid = os.fork()
     if pid == 0:            # child: never returns
         os.close(r)
-        msg: dict
         try:
             from nvlaunch.inject import inject
             from nvlaunch.kernel import REAL
@@ -345,11 +345,10 @@ def _inject_in_child(plan, rootfs: str, ns: _Namespaces, log) -> int:
                 REAL.setns(ns.user_fd, CLONE_NEWUSER, f"{PROC}/{ns.pid}/ns/user")
                 _become_root()
             REAL.setns(ns.mnt_fd, CLONE_NEWNS, f"{PROC}/{ns.pid}/ns/mnt")
-            msg = {"ok": True, "created": len(inject(plan, rootfs, REAL).created)}
+            data = b"OK %d" % len(inject(plan, rootfs, REAL).created)
         except BaseException as exc:    # noqa: BLE001 - everything goes to the parent
-            msg = {"ok": False, **_describe(exc)}
+            data = E.pack_error(exc, trace=True)
         try:
-            data = json.dumps(msg).encode()
             while data:
                 data = data[os.write(w, data):]
         finally:
@@ -366,33 +365,18 @@ def _inject_in_child(plan, rootfs: str, ns: _Namespaces, log) -> int:
         os.close(r)
     _, status = os.waitpid(pid, 0)
     log(f"injector child {pid} done ({'user+mnt' if ns.user_fd is not None else 'mnt'} namespace)")
-    try:
-        msg = json.loads(b"".join(chunks).decode()) if chunks else None
-    except ValueError:
-        msg = None
-    if not isinstance(msg, dict):
+    report = b"".join(chunks)
+    if report.startswith(b"OK "):
+        return int(report[3:])
+    if not report:
         if os.WIFSIGNALED(status):
             raise E.NamespaceError(f"injector process killed by signal {os.WTERMSIG(status)}")
-        raise E.NamespaceError(f"injector process exited with status {os.waitstatus_to_exitcode(status)} "
-                               "and no report")
-    if not msg.get("ok"):
-        if msg.get("trace"):
-            log("injector traceback:\n" + msg["trace"].rstrip())
-        raise InjectError(msg.get("error") or "injection failed", int(msg.get("exit_code") or E.EXIT_SETUP))
-    return int(msg.get("created", 0))
-
-
-def _describe(exc: BaseException) -> dict:
-    import traceback
-    if isinstance(exc, E.NvlaunchError):
-        text, code = str(exc), exc.exit_code
-    elif isinstance(exc, OSError):
-        text = f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
-        code = E.EXIT_SETUP
-    else:
-        text, code = f"internal error: {type(exc).__name__}: {exc}", E.EXIT_SETUP
-    return {"error": text, "exit_code": code, "type": type(exc).__name__,
-            "trace": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
+        raise E.NamespaceError(f"injector process exited with status "
+                               f"{os.waitstatus_to_exitcode(status)} and no report")
+    err, trace = E.unpack_error(report)
+    if trace:
+        log("injector traceback:\n" + trace.rstrip())
+    raise InjectError(str(err), err.exit_code)
 
 
 # ---- cgroup -------------------------------------------------------------------------

@@ -486,13 +486,21 @@ def runc_bundle(setup: Setup, name: str, hook: str | None, host_env: dict) -> st
     if hook:
         env = [f"{k}={v}" for k, v in host_env.items()]
         env += [f"PYTHONPATH={REPO}", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
-        cfg["hooks"] = {"prestart": [{"path": hook, "args": [hook], "env": env, "timeout": 30}]}
+        if hook == CONSOLE_SCRIPT:   # what `nvlaunch setup` installs: the script itself
+            entry = {"path": hook, "args": ["nvlaunch", "hook", "prestart"]}
+        else:
+            entry = {"path": hook, "args": [hook]}
+        cfg["hooks"] = {"prestart": [{**entry, "env": env, "timeout": 30}]}
     with open(os.path.join(bundle, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
     return bundle
 
 
 def hook_wrapper(work: str) -> str:
+    """The hook's executable: the console script where installed (as `nvlaunch setup`
+    registers it), else a wrapper running `python -m nvlaunch hook prestart`."""
+    if os.access(CONSOLE_SCRIPT, os.X_OK):
+        return CONSOLE_SCRIPT
     path = os.path.join(work, "nvlaunch-hook")
     with open(path, "w") as f:
         f.write(f"#!/bin/sh\nexec {PY} -m nvlaunch hook prestart\n")

@@ -16,7 +16,8 @@ import stat
 
 from nvlaunch import consts as C
 from nvlaunch import errors as E
-from nvlaunch.plan import OPTIONAL, BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile
+from nvlaunch.plan import (BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile, bind_flags,
+                           source_usable)
 from nvlaunch.rootfs import make_in_root, open_in_root, resolve_in_root
 
 
@@ -131,19 +132,11 @@ def inject(plan: Plan, rootfs: str, kernel=None) -> Injector:
 
 def _apply(inj: Injector, entry) -> None:
     if isinstance(entry, (BindFile, BindDevice, BindDir)):
-        if not os.path.exists(entry.src):
-            if getattr(entry, "policy", None) == OPTIONAL:
-                return
-            raise E.DiscoveryError(f"{entry.src}: driver file missing")
+        if not source_usable(entry, entry.src):
+            return
         is_dir = isinstance(entry, BindDir) and os.path.isdir(entry.src)
         inj.make(entry.dst, "dir" if is_dir else "file", 0o755 if is_dir else 0o644)
-        if isinstance(entry, BindDevice):
-            flags = C.MS_NOSUID | C.MS_NOEXEC
-        else:
-            flags = C.MS_NOSUID | C.MS_NODEV | (C.MS_RDONLY if entry.readonly else 0)
-            if isinstance(entry, BindDir) and entry.recursive:
-                flags |= C.MS_REC
-        inj.mount_on(entry.dst, entry.src, None, flags, bind=True)
+        inj.mount_on(entry.dst, entry.src, None, bind_flags(entry), bind=True)
     elif isinstance(entry, Symlink):
         inj.make(entry.link, "link", target=entry.target)
     elif isinstance(entry, Tmpfs):

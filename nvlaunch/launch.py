@@ -30,7 +30,8 @@ from nvlaunch.record import record
 
 from nvlaunch import consts as C
 from nvlaunch import errors as E
-from nvlaunch.plan import BindDevice, BindDir, BindFile, OPTIONAL, Plan, Symlink, Tmpfs, WriteFile
+from nvlaunch.plan import (BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile, bind_flags,
+                           source_usable)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
@@ -386,17 +387,8 @@ def _build_root(cfg: RunConfig, kernel, rootless: bool, timings=None) -> None:
             _prepare_late(kernel, entry, target)
         if isinstance(entry, (BindFile, BindDir, BindDevice)):
             src = _host(entry.src)
-            if not os.path.exists(src):
-                if getattr(entry, "policy", None) == OPTIONAL:
-                    continue
-                raise E.DiscoveryError(f"{entry.src}: driver file missing")
-            if isinstance(entry, BindDevice):
-                flags = C.MS_NOSUID | C.MS_NOEXEC
-            else:
-                flags = C.MS_NOSUID | C.MS_NODEV | (C.MS_RDONLY if entry.readonly else 0)
-                if isinstance(entry, BindDir) and entry.recursive:
-                    flags |= C.MS_REC
-            _bind(kernel, src, target, flags, entry.src, dst)
+            if source_usable(entry, src):
+                _bind(kernel, src, target, bind_flags(entry), entry.src, dst)
 
     # 6. The user's binds.
     for b in cfg.binds:

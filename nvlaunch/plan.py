@@ -10,6 +10,7 @@ rootfs, and the CDI spec turns the same records into containerEdits.
 """
 from __future__ import annotations
 
+from nvlaunch import consts as C
 from nvlaunch.record import record
 
 # How the executor treats a host source that is missing at apply time (Charliecloud's
@@ -84,3 +85,27 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not self.entries and not self.env
+
+
+def bind_flags(entry) -> int:
+    """The mount flags of a bind record, the same in every executor: device nodes
+    nosuid,noexec (and not nodev, or they could not be opened); files and directories
+    nosuid,nodev, read-only unless asked otherwise, directories recursively."""
+    if isinstance(entry, BindDevice):
+        return C.MS_NOSUID | C.MS_NOEXEC
+    flags = C.MS_NOSUID | C.MS_NODEV | (C.MS_RDONLY if entry.readonly else 0)
+    if isinstance(entry, BindDir) and entry.recursive:
+        flags |= C.MS_REC
+    return flags
+
+
+def source_usable(entry, path: str) -> bool:
+    """Whether a bind's source (seen at `path`) is there; a missing OPTIONAL source is
+    skipped (False), a missing REQUIRED one is an error."""
+    import os
+    if os.path.exists(path):
+        return True
+    if getattr(entry, "policy", REQUIRED) == OPTIONAL:
+        return False
+    from nvlaunch.errors import DiscoveryError
+    raise DiscoveryError(f"{entry.src}: driver file missing")

@@ -15,7 +15,8 @@ import tempfile
 import pytest
 
 
-def _world_dir(prefix: str, mode: int = 0o755) -> str:
+def world_dir(prefix: str, mode: int = 0o755) -> str:
+    """A new directory under /tmp that every user can traverse (the caller removes it)."""
     d = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     os.chmod(d, mode)
     return d
@@ -29,7 +30,7 @@ def make_rootfs():
     made = []
 
     def make(layout: str = "debian", probe: bool = False) -> str:
-        parent = _world_dir("nvl-rootfs-")
+        parent = world_dir("nvl-rootfs-")
         made.append(parent)
         dest = os.path.join(parent, "rootfs")
         build_rootfs(dest, layout=layout, probe=probe)
@@ -50,6 +51,18 @@ def rootfs(make_rootfs) -> str:
 @pytest.fixture
 def hostdir():
     """An empty host directory every user may write (mode 0777), removed after the test."""
-    d = _world_dir("nvl-host-", 0o777)
+    d = world_dir("nvl-host-", 0o777)
     yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def fake():
+    """A fake host with 2 GPUs and real device nodes, in a world-traversable directory."""
+    from tests.fakehost import build_fake_host
+    d = world_dir("nvl-host-")
+    fh = build_fake_host(os.path.join(d, "host"), gpus=2)
+    if not fh.real_nodes:
+        pytest.skip("fake host without real device nodes")
+    yield fh
     shutil.rmtree(d, ignore_errors=True)

@@ -37,8 +37,10 @@ import uuid
 
 import pytest
 
+from tests.kernel.conftest import world_dir
+
 from tests.conftest import REPO, TEST_USER, is_root, user_exists
-from tests.fakehost import DEFAULT_DRIVER_VERSION, build_fake_host, parse_devices, parse_kv
+from tests.fakehost import DEFAULT_DRIVER_VERSION, parse_devices, parse_kv
 
 PODMAN = shutil.which("podman")
 RUNC = shutil.which("runc") or shutil.which("runc", path="/usr/sbin:/sbin")
@@ -55,21 +57,8 @@ pytestmark = [
 ]
 
 
-def _world_dir(prefix: str) -> str:
-    import tempfile
-    d = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
-    os.chmod(d, 0o755)
-    return d
 
 
-@pytest.fixture(scope="module")
-def fake():
-    d = _world_dir("nvl-cdi-host-")
-    fh = build_fake_host(os.path.join(d, "host"), gpus=2)
-    if not fh.real_nodes:
-        pytest.skip("fake host without real device nodes")
-    yield fh
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +197,7 @@ def rootless_home():
         pytest.skip(f"no user {TEST_USER}")
     import pwd
     pw = pwd.getpwnam(TEST_USER)
-    d = _world_dir("nvl-cdi-rootless-")
+    d = world_dir("nvl-cdi-rootless-")
     home, xdg = os.path.join(d, "home"), os.path.join(d, "xdg")
     for p in (home, xdg):
         os.mkdir(p, 0o700)

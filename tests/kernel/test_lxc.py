@@ -25,12 +25,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
+from tests.kernel.conftest import world_dir
+
 from tests.conftest import REPO, is_root
-from tests.fakehost import DEFAULT_DRIVER_VERSION, build_fake_host, parse_devices, parse_kv
+from tests.fakehost import DEFAULT_DRIVER_VERSION, parse_devices, parse_kv
 
 LXC_EXECUTE = shutil.which("lxc-execute") or shutil.which("lxc-execute", path="/usr/bin:/usr/sbin")
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -52,25 +53,13 @@ STD_DEVICES = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", 
                "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm")
 
 
-def _world_dir(prefix: str) -> str:
-    d = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
-    os.chmod(d, 0o755)
-    return d
 
 
-@pytest.fixture(scope="module")
-def fake():
-    d = _world_dir("nvl-lxc-host-")
-    fh = build_fake_host(os.path.join(d, "host"), gpus=2)
-    if not fh.real_nodes:
-        pytest.skip("fake host without real device nodes")
-    yield fh
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
 def work():
-    d = _world_dir("nvl-lxc-")
+    d = world_dir("nvl-lxc-")
     os.mkdir(os.path.join(d, "lxcpath"))
     # the `nvlaunch` the hook line runs: this source tree, cwd kept off sys.path
     wrapper = os.path.join(d, "nvlaunch")

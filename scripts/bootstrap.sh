@@ -13,7 +13,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 id nvltest >/dev/null 2>&1 || useradd -m -s /bin/sh nvltest
 getent group video >/dev/null || groupadd -r video

@@ -346,7 +346,12 @@ def _build_root(cfg: RunConfig, kernel, rootless: bool, timings=None) -> None:
     except E.MountError:
         if not rootless:
             raise
-        _mount(kernel, "overlay", NEW, "overlay", 0, opts)
+        try:
+            _mount(kernel, "overlay", NEW, "overlay", 0, opts)
+        except E.MountError as err:
+            err.hint = err.hint or ("overlayfs in a user namespace needs Linux 5.11 or newer "
+                                    f"(this is {os.uname().release})")
+            raise
 
     mark("overlay")
 

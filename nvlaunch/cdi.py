@@ -277,18 +277,16 @@ def device_names(spec: dict) -> list:
 
 
 def cmd_cdi(gopts: dict, args: list) -> int:
-    from nvlaunch.cli import parse_opts
+    from nvlaunch.cli import parse_command
     if not args or args[0] in ("--help", "-h", "help"):
         sys.stdout.write(USAGE)
         return 0 if args else 125
     sub, rest = args[0], args[1:]
     if sub == "generate":
-        opts, extra = parse_opts(rest, GENERATE_OPTS, "cdi generate")
-        if opts.get("help"):
-            sys.stdout.write(USAGE)
+        parsed = parse_command(rest, GENERATE_OPTS, "cdi generate", USAGE)
+        if parsed is None:
             return 0
-        if extra:
-            raise UsageError(f"cdi generate: unexpected argument {extra[0]!r}")
+        opts = parsed[0]
         spec, fmt = _spec_from_opts(gopts, opts)
         text = render(spec, fmt)
         if opts.get("output") and opts["output"] != "-":
@@ -297,9 +295,10 @@ def cmd_cdi(gopts: dict, args: list) -> int:
             sys.stdout.write(text)
         return 0
     if sub == "list":
-        opts, extra = parse_opts(rest, GENERATE_OPTS, "cdi list")
-        if extra:
-            raise UsageError(f"cdi list: unexpected argument {extra[0]!r}")
+        parsed = parse_command(rest, GENERATE_OPTS, "cdi list", USAGE)
+        if parsed is None:
+            return 0
+        opts = parsed[0]
         spec, _ = _spec_from_opts(gopts, opts)
         sys.stdout.write("".join(n + "\n" for n in device_names(spec)))
         return 0
@@ -334,10 +333,11 @@ def setup_cdi(args: list, dry_run: bool, gopts: dict | None = None) -> int:
     [--hook-path PATH] [--capabilities CAPS]`: write the spec to /etc/cdi/nvidia.json
     (or FILE).  `args` are the options after `setup podman`; with `dry_run` the spec is
     printed with the path it would go to, and nothing is written."""
-    from nvlaunch.cli import parse_opts
-    opts, extra = parse_opts(list(args), SETUP_OPTS, "setup podman")
-    if extra:
-        raise UsageError(f"setup podman: unexpected argument {extra[0]!r}")
+    from nvlaunch.cli import parse_command
+    parsed = parse_command(list(args), SETUP_OPTS, "setup podman", USAGE)
+    if parsed is None:
+        return 0
+    opts = parsed[0]
     dry_run = dry_run or bool(opts.get("dry_run"))
     path = opts.get("output") or DEFAULT_SPEC_PATH
     spec, fmt = _spec_from_opts(gopts, {**opts, "output": path})

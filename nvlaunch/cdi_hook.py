@@ -125,13 +125,11 @@ def apply(rootfs: str, links, libs, folders=(), kernel=None) -> None:
 
 
 def cmd_ldcache(gopts: dict, args: list) -> int:
-    from nvlaunch.cli import parse_opts
-    opts, rest = parse_opts(args, OPTS, "ldcache")
-    if opts.get("help"):
-        sys.stdout.write(USAGE)
+    from nvlaunch.cli import parse_command
+    parsed = parse_command(args, OPTS, "ldcache", USAGE)
+    if parsed is None:
         return 0
-    if rest:
-        raise UsageError(f"ldcache: unexpected argument {rest[0]!r}")
+    opts = parsed[0]
     links = []
     for item in opts.get("link", []):
         target, link = _pair(item, "--link")

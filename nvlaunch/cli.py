@@ -94,6 +94,21 @@ def parse_opts(args: list, table: dict, command: str, stop_at_positional: bool =
     return opts, args[i:]
 
 
+def parse_command(args: list, table: dict, command: str, usage: str | None = None,
+                  max_positional: int = 0):
+    """parse_opts plus the conventions every subcommand shares: `--help` (when the table
+    has it) prints `usage` and gives None; more than `max_positional` arguments left over
+    is an error naming the first extra one.  Returns (opts, positionals)."""
+    from nvlaunch.errors import UsageError
+    opts, rest = parse_opts(args, table, command)
+    if opts.get("help"):
+        sys.stdout.write(usage or USAGE)
+        return None
+    if len(rest) > max_positional:
+        raise UsageError(f"{command}: unexpected argument {rest[max_positional]!r}")
+    return opts, rest
+
+
 def _int_opt(opts: dict, key: str, flag: str) -> int:
     from nvlaunch.errors import UsageError
     val = opts.get(key, "0")

@@ -177,13 +177,11 @@ def _truthy(val: str | None) -> bool:
 # ---- the command ------------------------------------------------------------------
 
 def cmd_hook(gopts: dict, args: list) -> int:
-    from nvlaunch.cli import parse_opts
-    opts, rest = parse_opts(args, HOOK_OPTS, "hook")
-    if opts.get("help"):
-        sys.stdout.write(HOOK_USAGE)
+    from nvlaunch.cli import parse_command
+    parsed = parse_command(args, HOOK_OPTS, "hook", HOOK_USAGE, max_positional=1)
+    if parsed is None:
         return 0
-    if len(rest) > 1:
-        raise E.UsageError(f"hook: unexpected argument {rest[1]!r}")
+    opts, rest = parsed
     stage_arg = rest[0] if rest else "prestart"
     if stage_arg in NOOP_STAGES:
         return 0

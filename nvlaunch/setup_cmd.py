@@ -300,7 +300,7 @@ def setup_lxc(gopts: dict, args: list) -> int:
 
 
 def cmd_setup(gopts: dict, args: list) -> int:
-    from nvlaunch.cli import parse_opts
+    from nvlaunch.cli import parse_command
     if not args or args[0] in ("--help", "-h"):
         sys.stdout.write(SETUP_USAGE)
         return 0 if args else E.EXIT_SETUP
@@ -313,12 +313,10 @@ def cmd_setup(gopts: dict, args: list) -> int:
         # `setup podman --cdi`: a CDI spec in /etc/cdi instead of the OCI hook (cdi.py)
         from nvlaunch import cdi
         return int(cdi.setup_cdi(rest, "--dry-run" in rest, gopts=gopts) or 0)
-    opts, extra = parse_opts(rest, SETUP_OPTS, f"setup {target}")
-    if opts.get("help"):
-        sys.stdout.write(SETUP_USAGE)
+    parsed = parse_command(rest, SETUP_OPTS, f"setup {target}", SETUP_USAGE)
+    if parsed is None:
         return 0
-    if extra:
-        raise E.UsageError(f"setup {target}: unexpected argument {extra[0]!r}")
+    opts = parsed[0]
     w = Writer(bool(opts.get("dry_run")))
     if target in ("podman", "crio"):
         return setup_hooks_d(target, gopts, opts, w)

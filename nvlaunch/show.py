@@ -12,13 +12,9 @@ from nvlaunch.plan import BindDevice, BindDir, BindFile, Symlink, Tmpfs, WriteFi
 
 
 def _opts(args, allowed, command):
-    from nvlaunch.cli import parse_opts
+    from nvlaunch.cli import parse_command
     table = {f"--{name.replace('_', '-')}": (name, takes, False) for name, takes in allowed.items()}
-    opts, rest = parse_opts(args, table, command)
-    if rest:
-        from nvlaunch.errors import UsageError
-        raise UsageError(f"{command}: unexpected argument {rest[0]!r}")
-    return opts
+    return parse_command(args, table, command)[0]
 
 
 def cmd_info(gopts, args) -> int:

@@ -169,3 +169,28 @@ def test_missing_essential_library_is_an_error(nvl_user, world_tmp_path, rootfs)
     r = run(nvl_user, broken, rootfs, "--gpus", "0", "--capabilities", "utility",
             script="nvidia-smi -L")
     assert r.returncode == 0 and broken.gpus[0].uuid in r.stdout, r.stderr
+
+
+def test_graphics_display_bring_drm_and_modeset_nodes(nvl_user, host, rootfs):
+    """graphics/display: the selected GPU's /dev/dri card and render nodes (matched by PCI
+    bus id, not index) and nvidia-modeset; no other GPU's DRM nodes."""
+    gpu = host.gpus[2]
+    r = run(nvl_user, host, rootfs, "--gpus", "2", "--capabilities", "graphics,display",
+            script="probe devices; ls /usr/share/glvnd/egl_vendor.d")
+    assert r.returncode == 0, r.stderr
+    devs = parse_devices(r.stdout)
+    dri = sorted(p for p in devs if p.startswith("/dev/dri/"))
+    assert dri == [f"/dev/dri/card{gpu.index}", f"/dev/dri/renderD{128 + gpu.index}"], dri
+    assert "/dev/nvidia-modeset" in devs and devs["/dev/nvidia-modeset"]["open"] == "ENXIO"
+    assert "/dev/nvidia-uvm" not in devs          # no compute asked for
+    assert "10_nvidia.json" in r.stdout
+
+
+def test_imex_channels_on_request(nvl_user, host, rootfs):
+    r = run(nvl_user, host, rootfs, "--gpus", "0", "--env", "NVIDIA_IMEX_CHANNELS=0", script="probe devices")
+    devs = parse_devices(r.stdout)
+    assert devs["/dev/nvidia-caps-imex-channels/channel0"]["open"] == "ENXIO", r.stdout + r.stderr
+    r = run(nvl_user, host, rootfs, "--gpus", "0", script="probe devices")
+    assert not [p for p in parse_devices(r.stdout) if "imex" in p]
+    r = run(nvl_user, host, rootfs, "--gpus", "0", "--env", "NVIDIA_IMEX_CHANNELS=7", script="true")
+    assert r.returncode == 125 and "channel7" in r.stderr

@@ -30,8 +30,13 @@ class Injector:
         self.rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.created: list[str] = []     # container paths this run created, in order
         self.mounted: list[str] = []     # container paths this run mounted on, in order
+        self.dirs: dict = {}             # parent path -> O_PATH fd, for make_in_root
+        self.canon: dict = {}            # parent path -> its canonical path in the root
 
     def close(self) -> None:
+        for fd in self.dirs.values():
+            os.close(fd)
+        self.dirs.clear()
         os.close(self.rootfd)
 
     def _exists(self, path: str) -> bool:
@@ -45,12 +50,23 @@ class Injector:
         # Record every missing ancestor too, so an undo removes the whole new branch.
         # Work on the canonical path (links resolved inside the root), so that what a
         # link in the rootfs made us create is recorded too, and undo needs no links.
+        # The leaf is created by name in its parent (a link there is replaced, never
+        # followed), so its canonical path is the parent's plus the name.
+        root = self.rootfs.rstrip("/")
+        parent, _, name = path.rstrip("/").rpartition("/")
         missing = []
-        p = resolve_in_root(self.rootfs, path)
-        while p not in ("", "/") and not os.path.lexists(self.rootfs.rstrip("/") + p):
-            missing.append(p)
-            p = p.rpartition("/")[0]
-        make_in_root(self.kernel, self.rootfd, path, kind, mode, target)
+        cparent = self.canon.get(parent)
+        if cparent is None:
+            cparent = resolve_in_root(self.rootfs, parent or "/")
+            p = cparent
+            while p not in ("", "/") and not os.path.lexists(root + p):
+                missing.append(p)
+                p = p.rpartition("/")[0]
+        leaf = cparent.rstrip("/") + "/" + name
+        if not os.path.lexists(root + leaf):
+            missing.insert(0, leaf)
+        make_in_root(self.kernel, self.rootfd, path, kind, mode, target, self.dirs)
+        self.canon[parent] = cparent
         self.created.extend(reversed(missing))
 
     def mount_on(self, path: str, source: str | None, fstype: str | None, flags: int,

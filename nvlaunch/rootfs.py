@@ -74,15 +74,22 @@ def open_in_root(kernel, rootfd: int, path: str, flags: int = os.O_PATH) -> int:
 
 
 def make_in_root(kernel, rootfd: int, path: str, kind: str, mode: int = 0o755,
-                 target: str | None = None) -> None:
+                 target: str | None = None, dirs: dict | None = None) -> None:
     """Create `path` inside the root: kind "dir", "file" (an empty mount point) or "link"
     (-> target).  Parents are created as needed, each one opened inside the root, so a
     symlink in the rootfs can never make us create something on the host.  An existing
-    entry of the right kind is left alone; a link is replaced only if it differs."""
+    entry of the right kind is left alone; a link is replaced only if it differs.
+    `dirs` (parent path -> O_PATH fd, owned by the caller) keeps the parent directories
+    opened by earlier calls: most entries of a plan share a few directories."""
     parent, _, name = path.rstrip("/").rpartition("/")
     if not name or name in (".", ".."):
         raise ContainerPathError(f"{path}: not a usable container path")
-    pfd = mkdirs_in_root(kernel, rootfd, parent or "/")
+    parent = parent or "/"
+    pfd = dirs.get(parent) if dirs is not None else None
+    if pfd is None:
+        pfd = mkdirs_in_root(kernel, rootfd, parent)
+        if dirs is not None:
+            dirs[parent] = pfd
     try:
         if kind == "dir":
             try:
@@ -120,7 +127,8 @@ def make_in_root(kernel, rootfd: int, path: str, kind: str, mode: int = 0o755,
         else:
             raise ValueError(kind)
     finally:
-        os.close(pfd)
+        if dirs is None:
+            os.close(pfd)
 
 
 def mkdirs_in_root(kernel, rootfd: int, path: str, mode: int = 0o755, _depth: int = 0) -> int:

@@ -55,7 +55,7 @@ from nvlaunch.consts import (
 from nvlaunch.devices import DeviceRule, normalize_access, parse_v1_line
 from nvlaunch.errors import CgroupError
 from nvlaunch.record import record
-from nvlaunch.host import HostView
+from nvlaunch.host import HostView, is_initial_root
 from nvlaunch.kernel import REAL
 
 class _Log:
@@ -81,7 +81,6 @@ QUERY_START_IDS = 64          # BPF_PROG_QUERY id slots first tried (runc: 64)
 QUERY_MAX_IDS = 64 << 10
 LOG_START = 64 << 10          # verifier log sizes tried after a failed load
 LOG_MAX = 16 << 20
-FULL_UID_MAP = ["0", "0", "4294967295"]
 
 _HINTS = {
     errno.EPERM: "loading or attaching cgroup device programs needs CAP_SYS_ADMIN "
@@ -219,16 +218,8 @@ def find_cgroup(pid: int | str, proc_root: str = "/",
 
 def needs_cgroup_rules(proc_root: str = "/") -> bool:
     """True for root in the initial user namespace: the only caller that can (and must)
-    change device rules.  A caller in any other user namespace has an identity uid_map
-    narrower than "0 0 4294967295" (user_namespaces(7)) and no say over cgroup devices."""
-    if os.geteuid() != 0:
-        return False
-    try:
-        with open(HostView(proc_root=proc_root).proc("/proc/self/uid_map")) as f:
-            lines = [ln.split() for ln in f.read().splitlines() if ln.strip()]
-    except OSError:
-        return False
-    return lines == [FULL_UID_MAP]
+    change device rules (host.is_initial_root)."""
+    return is_initial_root(proc_root)
 
 
 # ---- undo ------------------------------------------------------------------------

@@ -52,6 +52,20 @@ class HostView:
                 ENV_PROC_ROOT: self.proc_root}
 
 
+def is_initial_root(proc_root: str = "/") -> bool:
+    """True for root in the initial user namespace, whose uid_map is the identity
+    "0 0 4294967295" (user_namespaces(7)): the only caller that holds real privileges
+    (device cgroups, the capability bounding set).  Unreadable means no."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        with open(_join(proc_root, "/proc/self/uid_map")) as f:
+            lines = [ln.split() for ln in f.read().splitlines() if ln.strip()]
+    except OSError:
+        return False
+    return lines == [["0", "0", "4294967295"]]
+
+
 def read_text(path: str) -> str | None:
     """A small file's text, or None where it does not exist."""
     try:

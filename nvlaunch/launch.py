@@ -30,6 +30,7 @@ from nvlaunch.record import record
 
 from nvlaunch import consts as C
 from nvlaunch import errors as E
+from nvlaunch.host import is_initial_root
 from nvlaunch.plan import (BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile, bind_flags,
                            source_usable)
 
@@ -100,7 +101,7 @@ def run(cfg: RunConfig, kernel=None, timings=None) -> int:
             os.close(go_r)
             if timings:
                 timings.mark("namespaces")
-            code = _container_init(cfg, kernel, err_w, timings)
+            code = _container_init(cfg, kernel, timings)
         except BaseException as exc:  # noqa: BLE001 - everything goes to P as one record
             code = _report(err_w, exc, cfg.debug)
         os._exit(code)
@@ -210,30 +211,22 @@ def _raise_record(record: bytes, restriction: str | None = None):
 
 # ---- I side: the mount tree ---------------------------------------------------------------
 
-def _container_init(cfg: RunConfig, kernel, err_w: int, timings) -> int:
+def _container_init(cfg: RunConfig, kernel, timings) -> int:
     kernel.prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
+    real_root = is_initial_root()
     # Everything I and W import must be imported before pivot_root hides the host.
-    if os.geteuid() == 0 and not _in_user_namespace():
+    if real_root:
         import prctl  # noqa: F401  (the bounding set, by capability name; root only)
     if cfg.net == "none":
         from pyroute2 import IPRoute  # noqa: F401
     if cfg.debug:
         import traceback  # noqa: F401
-    rootless = os.geteuid() != 0 or _in_user_namespace()
-    _build_root(cfg, kernel, rootless, timings)
+    _build_root(cfg, kernel, not real_root, timings)
     if cfg.hostname:
         kernel.sethostname(cfg.hostname)
     if cfg.net == "none":
         _loopback_up()
-    return _init_loop(cfg, kernel, err_w, timings)
-
-
-def _in_user_namespace() -> bool:
-    try:
-        with open("/proc/self/uid_map") as f:
-            return f.read().split() != ["0", "0", "4294967295"]
-    except OSError:
-        return True
+    return _init_loop(cfg, kernel, real_root, timings)
 
 
 def _mount(kernel, source, target, fstype, flags, data=None, op="mount"):
@@ -501,7 +494,7 @@ def _loopback_up() -> None:
 
 # ---- I side: PID 1 ----------------------------------------------------------------------
 
-def _init_loop(cfg: RunConfig, kernel, err_w: int, timings) -> int:
+def _init_loop(cfg: RunConfig, kernel, real_root: bool, timings) -> int:
     """Start the command and stay as PID 1: forward signals, reap orphans.
 
     Without a terminal the command is started with posix_spawn (a vfork: no copy of this
@@ -514,7 +507,7 @@ def _init_loop(cfg: RunConfig, kernel, err_w: int, timings) -> int:
         timings.report()
     failure = b""
     if not os.isatty(0):
-        _drop_privileges(cfg, kernel)
+        _drop_privileges(cfg, kernel, real_root)
         try:
             pid = os.posix_spawn(_find_command(cfg.argv[0], env), list(cfg.argv), env,
                                  setpgroup=0)
@@ -526,7 +519,7 @@ def _init_loop(cfg: RunConfig, kernel, err_w: int, timings) -> int:
         if pid == 0:
             os.close(exec_r)
             try:
-                _become_command(cfg, kernel)
+                _become_command(cfg, kernel, real_root)
                 _execvpe(cfg.argv[0], list(cfg.argv), env)
             except OSError as err:
                 os.write(exec_w, E.pack_error(E.ExecError(cfg.argv[0], err)))
@@ -606,7 +599,7 @@ def _container_env(cfg: RunConfig) -> dict:
     return env
 
 
-def _become_command(cfg: RunConfig, kernel) -> None:
+def _become_command(cfg: RunConfig, kernel, real_root: bool) -> None:
     """In the forked command (terminal case), before exec: the terminal's foreground,
     default signal handlers, a parent-death signal, then the privilege drops."""
     os.setpgid(0, 0)
@@ -619,14 +612,14 @@ def _become_command(cfg: RunConfig, kernel) -> None:
     for s in FORWARDED_SIGNALS:
         signal.signal(s, signal.SIG_DFL)
     kernel.prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
-    _drop_privileges(cfg, kernel)
+    _drop_privileges(cfg, kernel, real_root)
 
 
-def _drop_privileges(cfg: RunConfig, kernel) -> None:
+def _drop_privileges(cfg: RunConfig, kernel, real_root: bool) -> None:
     """As real root (no user namespace): the bounding set trimmed to the container default
     (by name, with python-prctl) and --uid/--gid with only that group.  Always:
     no_new_privs.  Inherited by everything the container starts."""
-    if os.geteuid() == 0 and not _in_user_namespace():
+    if real_root:
         import prctl
         keep = set(C.DEFAULT_CAPABILITIES)
         for cap in prctl.ALL_CAP_NAMES:

@@ -73,7 +73,8 @@ def write_maps(kernel, pid: int, uid: int, gid: int) -> None:
             argv = [helper, str(pid)] + [str(x) for line in lines for x in line]
             child = os.posix_spawn(helper, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                                    file_actions=[(os.POSIX_SPAWN_DUP2, w, 1),
-                                                 (os.POSIX_SPAWN_DUP2, w, 2)])
+                                                 (os.POSIX_SPAWN_DUP2, w, 2)],
+                                   setsigmask=())   # P has signals blocked meanwhile
             os.close(w)
             running.append((helper, child, r))
         failures = []

@@ -84,14 +84,21 @@ def run(cfg: RunConfig, kernel=None, timings=None) -> int:
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     if timings:
         timings.mark("prepare")
+    # Blocked across clone (and inherited by I) so that a signal P forwards before I has
+    # its handlers stays pending in I rather than being dropped; each side unblocks once
+    # its handlers are in place.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     try:
         pid = kernel.clone(flags)
     except OSError as err:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for fd in (go_r, go_w, err_r, err_w):
             os.close(fd)
         hint = (userns_restriction() if rootless else None) or E.hint_for(err.errno, "unshare")
         raise E.NamespaceError(f"cannot create namespaces: {err.strerror}", hint) from err
     if pid == 0:  # I, PID 1 of the new pid namespace
+        forwarder = _Forwarder()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(go_w)
         os.close(err_r)
         code = E.EXIT_SETUP
@@ -101,7 +108,7 @@ def run(cfg: RunConfig, kernel=None, timings=None) -> int:
             os.close(go_r)
             if timings:
                 timings.mark("namespaces")
-            code = _container_init(cfg, kernel, timings)
+            code = _container_init(cfg, kernel, forwarder, timings)
         except BaseException as exc:  # noqa: BLE001 - everything goes to P as one record
             code = _report(err_w, exc, cfg.debug)
         os._exit(code)
@@ -117,9 +124,10 @@ def run(cfg: RunConfig, kernel=None, timings=None) -> int:
         os.waitpid(pid, 0)
         os.close(go_w)
         os.close(err_r)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise
     os.close(go_w)
-    status = _wait_forwarding(pid)
+    status = _wait_forwarding(pid, mask)
     with os.fdopen(err_r, "rb") as f:
         record = f.read()
     _restore_foreground()
@@ -154,13 +162,14 @@ def userns_restriction() -> str | None:
 
 # ---- P side -----------------------------------------------------------------------------
 
-def _wait_forwarding(pid: int) -> int:
+def _wait_forwarding(pid: int, mask) -> int:
     def forward(signum, _frame):
         try:
             os.kill(pid, signum)
         except ProcessLookupError:
             pass
     old = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
         while True:
             try:
@@ -211,7 +220,7 @@ def _raise_record(record: bytes, restriction: str | None = None):
 
 # ---- I side: the mount tree ---------------------------------------------------------------
 
-def _container_init(cfg: RunConfig, kernel, timings) -> int:
+def _container_init(cfg: RunConfig, kernel, forwarder: "_Forwarder", timings) -> int:
     kernel.prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
     real_root = is_initial_root()
     # Everything I and W import must be imported before pivot_root hides the host.
@@ -226,7 +235,37 @@ def _container_init(cfg: RunConfig, kernel, timings) -> int:
         kernel.sethostname(cfg.hostname)
     if cfg.net == "none":
         _loopback_up()
-    return _init_loop(cfg, kernel, real_root, timings)
+    return _init_loop(cfg, kernel, real_root, forwarder, timings)
+
+
+class _Forwarder:
+    """PID 1's signal handlers, installed first thing after clone.
+
+    The kernel drops a signal sent to a pid namespace's init unless init has a handler
+    for it, so a handler that only came after the command started would lose the signals
+    sent in between (the command may already be running and visible).  Until the command
+    exists they are held, then forwarded in order."""
+
+    def __init__(self):
+        self.pid = None
+        self.held = []
+        for s in FORWARDED_SIGNALS:
+            signal.signal(s, self.handle)
+
+    def handle(self, signum, _frame):
+        if self.pid is None:
+            self.held.append(signum)
+            return
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def start(self, pid: int) -> None:
+        self.pid = pid
+        held, self.held = self.held, []
+        for signum in held:
+            self.handle(signum, None)
 
 
 def _mount(kernel, source, target, fstype, flags, data=None, op="mount"):
@@ -494,7 +533,8 @@ def _loopback_up() -> None:
 
 # ---- I side: PID 1 ----------------------------------------------------------------------
 
-def _init_loop(cfg: RunConfig, kernel, real_root: bool, timings) -> int:
+def _init_loop(cfg: RunConfig, kernel, real_root: bool, forwarder: "_Forwarder",
+               timings) -> int:
     """Start the command and stay as PID 1: forward signals, reap orphans.
 
     Without a terminal the command is started with posix_spawn (a vfork: no copy of this
@@ -529,14 +569,7 @@ def _init_loop(cfg: RunConfig, kernel, real_root: bool, timings) -> int:
         os.close(exec_w)
         with os.fdopen(exec_r, "rb") as f:
             failure = f.read()
-
-    def forward(signum, _frame):
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-    for s in FORWARDED_SIGNALS:
-        signal.signal(s, forward)
+    forwarder.start(pid)
     status = 0
     while True:   # reap everything; leave when the command itself is gone
         try:

@@ -14,7 +14,8 @@ is kept in a small file per request and reused while its fingerprint still match
 Files live in a directory only the caller can write ($XDG_RUNTIME_DIR/nvlaunch, else
 /run/nvlaunch for root or /tmp/nvlaunch-UID), checked with lstat before each use; any
 doubt means no cache.  Stored with marshal (builtin, no import cost); records are kept
-as (type name, fields).  NVLAUNCH_NO_CACHE=1 turns it off.
+as (type name, fields).  NVLAUNCH_NO_CACHE=1 turns it off.  At most MAX_PLANS files are
+kept: each store (a miss) removes the least recently written beyond that.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import stat
 from nvlaunch import plan as P
 
 FORMAT = 1
+MAX_PLANS = 64
 _RECORDS = {cls.__name__: cls for cls in (P.BindFile, P.BindDir, P.BindDevice, P.Symlink,
                                            P.WriteFile, P.Tmpfs)}
 _CODE = ("build.py", "driver.py", "gpus.py", "ldcache.py", "plan.py", "plancache.py")
@@ -129,6 +131,26 @@ def store(k: tuple, plan) -> None:
     except (OSError, ValueError):
         try:
             os.unlink(tmp)
+        except OSError:
+            pass
+    _prune(directory)
+
+
+def _prune(directory: str) -> None:
+    """Remove the oldest plan files beyond MAX_PLANS (one file per distinct request and
+    host root, so a long-lived host with varied requests would otherwise grow it)."""
+    try:
+        with os.scandir(directory) as it:
+            plans = [(e.stat(follow_symlinks=False).st_mtime_ns, e.path) for e in it
+                     if e.name.startswith("plan-") and "." not in e.name]
+    except OSError:
+        return
+    if len(plans) <= MAX_PLANS:
+        return
+    plans.sort()
+    for _, path in plans[:len(plans) - MAX_PLANS]:
+        try:
+            os.unlink(path)
         except OSError:
             pass
 

@@ -190,6 +190,41 @@ def test_signal_forwarded_to_command(nvl, rootfs, sig):
     assert tree_snapshot(rootfs) == tree
 
 
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (SigCgt in /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
+def test_signal_during_setup_reaches_command(nvl, rootfs):
+    """A SIGTERM that nvlaunch forwards while PID 1 is still setting up (or has only just
+    started the command) is held and delivered, not dropped by the kernel: the kernel
+    discards signals to a namespace's init that has no handler for them."""
+    proc = nvl.popen("run", rootfs, SH, "-c",
+                     'trap "exit 42" TERM; echo ready; while :; do sleep 0.1; done',
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not _catches(proc.pid, signal.SIGTERM) and proc.poll() is None:
+            assert time.monotonic() < deadline, "nvlaunch never installed its handlers"
+            time.sleep(0.0005)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # 143: TERM reached the shell before its trap; 42: after it.  A hang is the failure.
+    assert proc.returncode in (143, 42), (proc.returncode, out, err)
+    assert "Traceback" not in err
+
+
 def _pids_with_arg(marker: str) -> list:
     out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):

@@ -83,3 +83,17 @@ def test_disabled_by_env(setup, monkeypatch):
     plancache.store(k, build_plan(req, host, "/usr/lib/x86_64-linux-gnu"))
     monkeypatch.setenv("NVLAUNCH_NO_CACHE", "1")
     assert cached(host, req)[1] is None
+
+
+def test_cache_is_bounded_and_keeps_the_newest(setup, tmp_path, monkeypatch):
+    h, host = setup
+    monkeypatch.setattr(plancache, "MAX_PLANS", 4)
+    plan = build_plan(Request("all", "all"), host, "/usr/lib/x86_64-linux-gnu")
+    keys = [plancache.key(host, Request("all", "all"), f"/lib{i}") for i in range(7)]
+    for i, k in enumerate(keys):
+        plancache.store(k, plan)
+        path = plancache._file(str(tmp_path / "run" / "nvlaunch"), k)
+        os.utime(path, ns=(i * 10**9, i * 10**9))   # distinct, ordered write times
+    left = sorted(os.listdir(tmp_path / "run" / "nvlaunch"))
+    assert len(left) == 4, left
+    assert [plancache.load(k) is not None for k in keys] == [False] * 3 + [True] * 4

@@ -7,7 +7,10 @@ allowed in it or open(2) fails with EPERM ("Failed to initialize NVML: Unknown E
 Finding the cgroup (find_cgroup)
     /proc/PID/cgroup lists "hierarchy-ID:controllers:path" per hierarchy (cgroups(7)).
     On a hybrid host both a v1 "N:devices:/x" line and the v2 "0::/y" line are there;
-    the v1 devices controller is the one the runtime used then, so it wins.  The path is
+    the v1 devices controller is the one the runtime used then, so it wins, unless the
+    process sits in the v1 root (which allows every device: the runtime did not use v1)
+    or no v1 devices hierarchy is mounted where the runtime runs (a runtime that sees
+    only cgroup2 at /sys/fs/cgroup, as on a v2-only host, uses eBPF).  The path is
     relative to the root of the reader's cgroup namespace; the mount point comes from
     mountinfo (proc(5)), whose 4th field is the root of the mount inside the hierarchy
     (not "/" for nested or cgroupns mounts, and starting with "/.." when the cgroup is
@@ -190,7 +193,7 @@ def _resolve(mounts: list[MountEntry], cg_path: str, want: Callable[[MountEntry]
 
 def find_cgroup(pid: int | str, proc_root: str = "/",
                 mountinfo_pid: int | str = "self") -> CgroupTarget:
-    """The device cgroup of process `pid`: v1 devices if it is in one, else cgroup v2.
+    """The device cgroup of process `pid`: v1 devices if the runtime used it, else v2.
 
     Mount points come from /proc/<mountinfo_pid>/mountinfo: "self" for a caller in the
     host's mount namespace (the hook), the runtime's pid otherwise (NVIDIA reads the
@@ -206,10 +209,9 @@ def find_cgroup(pid: int | str, proc_root: str = "/",
             mounts = parse_mountinfo(f.read())
     except OSError as err:
         raise CgroupError(f"read {err.filename}: {err.strerror}") from err
-    if v1 is not None:
-        path = _resolve(mounts, v1, lambda m: m.fstype == "cgroup" and
-                        "devices" in m.super_options, "v1 devices")
-        return CgroupTarget(1, path)
+    is_v1_devices = lambda m: m.fstype == "cgroup" and "devices" in m.super_options  # noqa: E731
+    if v1 is not None and (v2 is None or (_components(v1) and any(map(is_v1_devices, mounts)))):
+        return CgroupTarget(1, _resolve(mounts, v1, is_v1_devices, "v1 devices"))
     if v2 is not None:
         return CgroupTarget(2, _resolve(mounts, v2, lambda m: m.fstype == "cgroup2",
                                         "cgroup2"))

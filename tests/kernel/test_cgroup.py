@@ -86,6 +86,18 @@ def test_find_cgroup_v2_when_devices_line_is_missing(tmp_path):
     assert find_cgroup(4242, proc_root=root) == CgroupTarget(2, "/sys/fs/cgroup/unified/x")
 
 
+@pytest.mark.parametrize("cgroup, mountinfo", [
+    # a runtime that sees only cgroup2 at /sys/fs/cgroup (a v1 devices controller exists
+    # but is mounted nowhere it looks): it used eBPF on v2
+    ("5:devices:/x\n0::/c1\n", "41 31 0:38 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"),
+    # in the v1 root, which allows every device: the runtime did not use v1
+    ("5:devices:/\n0::/c1\n", MOUNTINFO.replace("/sys/fs/cgroup/unified", "/sys/fs/cgroup")),
+])
+def test_find_cgroup_hybrid_picks_v2_when_the_runtime_did(tmp_path, cgroup, mountinfo):
+    root = fake_proc(tmp_path, cgroup, mountinfo)
+    assert find_cgroup(4242, proc_root=root) == CgroupTarget(2, "/sys/fs/cgroup/c1")
+
+
 def test_find_cgroup_strips_nested_mount_root(tmp_path):
     # A cgroup2 mount whose root is a sub-cgroup (bind mount / nested container): the
     # mount root is stripped from the process's path.  Paths with ':' survive.
@@ -106,7 +118,7 @@ def test_find_cgroup_unescapes_mount_points(tmp_path):
     ("0::/x\n", "50 1 0:38 /.. /mnt/cg rw - cgroup2 cgroup2 rw\n", "outside every mount"),
     ("0::/other/x\n", "50 1 0:38 /kubepods /mnt/cg rw - cgroup2 cgroup2 rw\n",
      "outside every mount"),
-    ("5:devices:/x\n0::/x\n", "41 31 0:38 / /u rw - cgroup2 cgroup2 rw\n",
+    ("5:devices:/x\n", "41 31 0:38 / /u rw - cgroup2 cgroup2 rw\n",
      "no v1 devices hierarchy"),
     ("1:net_cls:/\n", MOUNTINFO, "no devices or unified"),
 ])
@@ -531,13 +543,11 @@ def test_real_v2_find_cgroup_of_a_member(v2_cgroup):
     path, _ = v2_cgroup
     member = Member(f"{path}/cgroup.procs")
     try:
-        target = find_cgroup(member.pid)
+        # (on a hybrid host the member is also in the v1 devices root, which restricts
+        # nothing: v2 is still the one in force)
         with open(f"/proc/{member.pid}/cgroup") as f:
-            has_v1_devices = parse_proc_cgroup(f.read())[0] is not None
-        if has_v1_devices:      # hybrid host: v1 devices wins, and the member is at its root
-            assert target.version == 1
-        else:
-            assert target == CgroupTarget(2, path)
+            assert parse_proc_cgroup(f.read())[0] in (None, "/")
+        assert find_cgroup(member.pid) == CgroupTarget(2, path)
     finally:
         member.stop()
 

@@ -130,11 +130,22 @@ def _runtime_cmd(runtime: str, d: str, *args) -> list:
     return cmd
 
 
-def run_container(d: str, cid: str = "c1", runtime: str | None = None, timeout: int = 60):
+def _v2_only(cmd: list) -> list:
+    """`cmd` in a private mount namespace whose /sys/fs/cgroup is the cgroup2 hierarchy
+    alone, as on the reference GPU host (cgroup v2 only): runc then uses cgroup v2 and
+    enforces device rules with an eBPF program.  The host's mounts are left as they are."""
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+            "umount -R /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup "
+            "&& exec \"$@\"", "sh", *cmd]
+
+
+def run_container(d: str, cid: str = "c1", runtime: str | None = None, timeout: int = 60,
+                  v2_only: bool = False):
     runtime = runtime or RUNC
-    proc = subprocess.run(_runtime_cmd(runtime, d, "run", "--bundle", d, cid), capture_output=True,
-                          text=True, timeout=timeout, cwd=d)
-    subprocess.run(_runtime_cmd(runtime, d, "delete", "-f", cid), capture_output=True)
+    wrap = _v2_only if v2_only else list
+    proc = subprocess.run(wrap(_runtime_cmd(runtime, d, "run", "--bundle", d, cid)),
+                          capture_output=True, text=True, timeout=timeout, cwd=d)
+    subprocess.run(wrap(_runtime_cmd(runtime, d, "delete", "-f", cid)), capture_output=True)
     return proc
 
 
@@ -181,6 +192,30 @@ def test_runc_injects_selected_gpus(work, host, wrapper, spec, stage, indices):
     expect_libcuda(proc.stdout)
     for i in (0, 1):     # /proc/driver/nvidia shows the selected GPUs only
         assert (host.gpus[i].bus_id in proc.stdout) == (i in indices), proc.stdout
+
+
+needs_v2 = pytest.mark.skipif(not os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+                              and not os.path.ismount(V2_HYBRID), reason="no cgroup v2 here")
+
+
+@needs_runc
+@needs_v2
+@pytest.mark.parametrize("cgroup_rules", [True, False], ids=["hook", "no-cgroup-step"])
+def test_runc_cgroup_v2_only(work, host, wrapper, cgroup_rules):
+    """The GPU host's layout: cgroup v2 alone, runc's device policy an eBPF program.  The
+    hook's rules open the selected GPU (ENXIO); without them runc's program denies it
+    (EPERM), which proves runc's program was in force and that ours replaced it."""
+    extra = [] if cgroup_rules else ["NVLAUNCH_NO_CGROUPS=1"]
+    make_bundle(work, ["/bin/sh", "-c", PROBE + "; probe open /dev/null; cat /proc/self/cgroup"],
+                env=["NVIDIA_VISIBLE_DEVICES=1"],
+                hooks={"prestart": [hook_entry(wrapper, host, extra_env=extra)]})
+    proc = run_container(work, v2_only=True)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^0::/\S", proc.stdout, re.M), proc.stdout   # in a v2 cgroup of its own
+    expect_gpus(proc.stdout, host, [1], open_result="ENXIO" if cgroup_rules else "EPERM")
+    if cgroup_rules:
+        expect_libcuda(proc.stdout)
+    assert "path=/dev/null open=OK" in proc.stdout, proc.stdout   # runc's own rules hold
 
 
 @needs_runc

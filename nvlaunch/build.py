@@ -11,7 +11,7 @@ import stat
 
 from nvlaunch.errors import DiscoveryError
 from nvlaunch.host import HostView, read_text
-from nvlaunch.plan import (OPTIONAL, REQUIRED, BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs,
+from nvlaunch.plan import (IF_ABSENT, OPTIONAL, REQUIRED, BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs,
                            WriteFile)
 from nvlaunch.request import Request
 from nvlaunch.rootfs import MULTIARCH_LIBDIR
@@ -90,6 +90,13 @@ def build_plan(req: Request, host: HostView, libdir: str | None = MULTIARCH_LIBD
                                    policy=OPTIONAL))
         else:
             entries.append(BindFile(f.host_path, f.container_path))
+
+    if libdir is not None:
+        # (a CDI spec cannot bind on a condition, so it lists no system libraries)
+        for dep in drv.system_libs(host, files, driver.files):
+            dst = f"{libdir}/{dep.name}"
+            entries.append(BindFile(dep.host_path, dst, policy=IF_ABSENT))
+            ldcache.append((dep.name, dst, False))
 
     entries.extend(_proc_view(host, selection))
     env = [("NVIDIA_VISIBLE_DEVICES", ",".join(g.uuid for g in selection.gpus) or "none"),

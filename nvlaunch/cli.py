@@ -197,11 +197,10 @@ def _run_plan(gopts: dict, opts: dict, env: dict, rootfs: str):
         return Plan(), None
     from nvlaunch import plancache
     from nvlaunch.request import Request
-    from nvlaunch.rootfs import container_libdir
     caps = opts.get("capabilities", env.get("NVIDIA_DRIVER_CAPABILITIES"))
     req = Request(gpus=spec, capabilities=caps,
                   env=tuple(sorted((k, v) for k, v in env.items() if k.startswith("NVIDIA_"))))
-    return plancache.cached_plan(req, _host(gopts), container_libdir(rootfs))
+    return plancache.plan_for_rootfs(req, _host(gopts), rootfs)
 
 
 def main(argv=None) -> int:

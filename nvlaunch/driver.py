@@ -37,8 +37,8 @@ DEFAULT_CAPABILITIES = frozenset({"compute", "utility"})
 
 # "lib": a 64-bit (native) library; "lib32": its 32-bit copy (compat32); "bin": an
 # executable; "firmware": GSP firmware; "config": vendor/ICD files; "ipc": a socket or
-# the MPS pipe directory.
-KINDS = ("lib", "lib32", "bin", "firmware", "config", "ipc")
+# the MPS pipe directory; "syslib": a host library the driver needs (system_libs()).
+KINDS = ("lib", "lib32", "bin", "firmware", "config", "ipc", "syslib")
 # The capability label of files every container with driver files gets (GSP firmware).
 ANY = "any"
 
@@ -689,6 +689,67 @@ def discover(host: HostView, *, machine: str | None = None,
         libs = _libs_from_scan(host, res, version, arch)
     files = libs + _bins(res) + _firmware(res, version) + _configs(res) + _ipc(res, mps_pipe_dir)
     return Driver(version=version, files=tuple(files), source=source)
+
+
+# ------------------------------------------------------------------ system libraries
+
+# The dynamic loader is named by the program interpreter, never through a library
+# directory: a copy in the container's library directory would do nothing.
+_LOADER_PREFIXES = ("ld-linux", "ld64.so", "ld-musl")
+MAX_SYSTEM_LIBS = 64
+
+
+def system_libs(host: HostView, files, driver_files=(), machine: str | None = None
+                ) -> list[DriverFile]:
+    """The host libraries outside the driver that its native libraries and binaries in
+    `files` need (DT_NEEDED, followed transitively): libm.so.6, libpthread.so.0, ... for
+    libcuda and nvidia-smi.  Each is found through the driver root's ld cache (first
+    native entry, resolved inside the root) and comes back as kind "syslib" named by its
+    soname.  Names any driver library provides (`files` and `driver_files`: those belong
+    to a capability, not here), the dynamic loader and names the cache does not know are
+    left out.  A container normally has these; the plan binds
+    them only where it does not (plan.IF_ABSENT)."""
+    arch = ARCHES.get(machine or os.uname().machine, ARCHES["x86_64"])
+    libs = [f for f in (*files, *driver_files) if f.kind in ("lib", "lib32")]
+    provided = {f.soname for f in libs if f.soname} | {f.name for f in libs}
+    wanted: list[str] = []
+    for f in files:
+        if f.kind in ("lib", "bin"):
+            wanted.extend(_needed(f.host_path))
+    if not wanted:
+        return []
+    res = _Resolver(host.driver_root)
+    cache = res.resolve(LD_SO_CACHE)
+    try:
+        entries = ldcache.load(res.host(cache)) if cache else []
+    except ldcache.LdCacheError:
+        entries = []
+    where: dict[str, str] = {}
+    for e in entries:
+        if e.flags & ldcache.ARCH_MASK == arch[0] and e.flags & ldcache.FLAG_ELF:
+            where.setdefault(e.key, e.value)
+    out: list[DriverFile] = []
+    seen = set(provided)
+    while wanted and len(out) < MAX_SYSTEM_LIBS:
+        name = wanted.pop(0)
+        if name in seen or name.startswith(_LOADER_PREFIXES):
+            continue
+        seen.add(name)
+        resolved = res.resolve(where[name]) if name in where else None
+        if resolved is None:
+            continue
+        host_path = res.host(resolved)
+        out.append(DriverFile("syslib", ANY, host_path, name, name, ()))
+        wanted.extend(_needed(host_path))
+    return out
+
+
+def _needed(path: str) -> tuple:
+    try:
+        info = elf.read_elf_info(path)
+    except ValueError:
+        return ()
+    return info.needed if info else ()
 
 
 # ------------------------------------------------------------------ CUDA version

@@ -1,4 +1,4 @@
-"""A tiny ELF reader: class, machine and DT_SONAME of a shared library.
+"""A tiny ELF reader: class, machine, DT_SONAME and DT_NEEDED of a shared library.
 
 Used where the ld cache cannot tell us a library's soname (the no-cache fallback of
 driver.py) and to tell 32-bit from 64-bit files.  It reads only what it needs with
@@ -27,6 +27,7 @@ PT_LOAD = 1
 PT_DYNAMIC = 2
 SHT_DYNAMIC = 6
 DT_NULL = 0
+DT_NEEDED = 1
 DT_STRTAB = 5
 DT_SONAME = 14
 
@@ -57,6 +58,7 @@ class ElfInfo:
     elf_class: int          # 32 or 64
     machine: int            # e_machine: EM_X86_64, EM_386, EM_AARCH64, ...
     soname: str | None      # DT_SONAME, None if the file has none
+    needed: tuple = ()      # DT_NEEDED names, in order
 
 
 @record
@@ -85,28 +87,32 @@ def _cstring(f: BufferedReader, offset: int) -> str:
     return data[:end].decode("utf-8", "surrogateescape")
 
 
-def _soname_from_dynamic(f, bo, dyn_fmt, dyn_off, dyn_size, vaddr_to_off, strtab_off=None):
-    """Walk the dynamic table at dyn_off; return the soname or None."""
+def _dynamic_names(f, bo, dyn_fmt, dyn_off, dyn_size, vaddr_to_off, strtab_off=None):
+    """Walk the dynamic table at dyn_off; return (soname or None, needed names)."""
     dyn = struct.Struct(bo + dyn_fmt)
     count = min(dyn_size // dyn.size, MAX_DYN_ENTRIES)
     if count <= 0:
-        return None
+        return None, ()
     raw = _read_at(f, dyn_off, count * dyn.size)
     soname_idx = strtab_vaddr = None
+    needed_idx = []
     for tag, val in dyn.iter_unpack(raw):
         if tag == DT_NULL:
             break
         if tag == DT_SONAME:
             soname_idx = val
+        elif tag == DT_NEEDED:
+            needed_idx.append(val)
         elif tag == DT_STRTAB:
             strtab_vaddr = val
-    if soname_idx is None:
-        return None
+    if soname_idx is None and not needed_idx:
+        return None, ()
     if strtab_off is None:
         if strtab_vaddr is None:
-            raise ValueError("DT_SONAME without DT_STRTAB")
+            raise ValueError("DT_SONAME or DT_NEEDED without DT_STRTAB")
         strtab_off = vaddr_to_off(strtab_vaddr)
-    return _cstring(f, strtab_off + soname_idx)
+    soname = None if soname_idx is None else _cstring(f, strtab_off + soname_idx)
+    return soname, tuple(_cstring(f, strtab_off + i) for i in needed_idx)
 
 
 def _parse(f: BufferedReader) -> ElfInfo | None:
@@ -151,7 +157,7 @@ def _parse(f: BufferedReader) -> ElfInfo | None:
             raise ValueError(f"DT_STRTAB address {vaddr:#x} is in no PT_LOAD segment")
 
         return ElfInfo(info_class, machine,
-                       _soname_from_dynamic(f, bo, dyn_fmt, dynamic[0], dynamic[1], vaddr_to_off))
+                       *_dynamic_names(f, bo, dyn_fmt, dynamic[0], dynamic[1], vaddr_to_off))
 
     # No program headers (unusual for a shared object): the SHT_DYNAMIC section and its
     # sh_link string table give the same answer.
@@ -167,13 +173,13 @@ def _parse(f: BufferedReader) -> ElfInfo | None:
             link = sec[6]
             if link >= shnum:
                 raise ValueError(f"SHT_DYNAMIC sh_link {link} out of range")
-            return ElfInfo(info_class, machine, _soname_from_dynamic(
+            return ElfInfo(info_class, machine, *_dynamic_names(
                 f, bo, dyn_fmt, sec[4], sec[5], None, strtab_off=sections[link][4]))
     return ElfInfo(info_class, machine, None)
 
 
 def read_elf_info(path: str) -> ElfInfo | None:
-    """Class, machine and soname of the ELF file at `path`.
+    """Class, machine, soname and needed libraries of the ELF file at `path`.
 
     None if the file cannot be opened or is not ELF; ValueError if it is ELF but
     malformed (truncated tables, addresses outside the file, ...).

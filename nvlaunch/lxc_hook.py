@@ -103,9 +103,8 @@ def cmd_lxc_hook(gopts: dict, args: list, environ=None) -> int:
         return 0
     from nvlaunch.cli import _host
     from nvlaunch.inject import inject
-    from nvlaunch.plancache import cached_plan
-    from nvlaunch.rootfs import container_libdir
-    plan = cached_plan(req, _host(gopts), container_libdir(rootfs))[0]
+    from nvlaunch.plancache import plan_for_rootfs
+    plan = plan_for_rootfs(req, _host(gopts), rootfs)[0]
     notes = []
     if not _proc_mounted(rootfs):
         # Without lxc.mount.auto = proc:..., /proc is an empty directory now and the

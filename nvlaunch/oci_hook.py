@@ -220,13 +220,11 @@ def run_hook(gopts: dict, stage: str, state: dict, log, no_cgroups: bool = False
         return 0
     rootfs = container_rootfs(state, config)
     from nvlaunch.cli import _host
-    from nvlaunch.plancache import cached_plan
-    from nvlaunch.rootfs import container_libdir
+    from nvlaunch.plancache import plan_for_rootfs
     host = _host(gopts)
-    libdir = container_libdir(rootfs)
-    plan = cached_plan(req, host, libdir)[0]
-    log(f"plan: {len(plan.entries)} entries, {len(plan.devices)} device nodes, libdir {libdir}, "
-        f"rootfs {rootfs}")
+    plan = plan_for_rootfs(req, host, rootfs)[0]
+    log(f"plan: {len(plan.entries)} entries, {len(plan.devices)} device nodes, "
+        f"libdir {plan.libdir}, rootfs {rootfs}")
     if plan.empty:
         return 0
 

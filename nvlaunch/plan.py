@@ -17,6 +17,10 @@ from nvlaunch.record import record
 # BD_REQUIRED / BD_OPTIONAL): driver files differ between driver versions.
 REQUIRED = "required"
 OPTIONAL = "optional"
+# A host system library the driver needs (libm.so.6, ...): bound only into a container
+# that has no library of that soname, so it never shadows the container's own.  Settled
+# per rootfs by settle_absent() before a plan is applied.
+IF_ABSENT = "if-absent"
 
 
 @record
@@ -109,3 +113,22 @@ def source_usable(entry, path: str) -> bool:
         return False
     from nvlaunch.errors import DiscoveryError
     raise DiscoveryError(f"{entry.src}: driver file missing")
+
+
+def settle_absent(plan: "Plan", present) -> "Plan":
+    """`plan` for one rootfs: each IF_ABSENT library whose soname `present(names)` reports
+    in the container is dropped (with its ld cache line), the others become REQUIRED."""
+    absent = [e for e in plan.entries if getattr(e, "policy", None) == IF_ABSENT]
+    if not absent:
+        return plan
+    there = present([e.dst.rpartition("/")[2] for e in absent])
+    entries, dropped = [], set()
+    for e in plan.entries:
+        if getattr(e, "policy", None) == IF_ABSENT:
+            if e.dst.rpartition("/")[2] in there:
+                dropped.add(e.dst)
+                continue
+            e = e._replace(policy=REQUIRED)
+        entries.append(e)
+    return plan._replace(entries=tuple(entries),
+                         ldcache=tuple(p for p in plan.ldcache if p[1] not in dropped))

@@ -176,6 +176,16 @@ def cached_plan(request, host, libdir):
     return plan, k
 
 
+def plan_for_rootfs(request, host, rootfs: str):
+    """(plan, key) for a container whose rootfs is at host path `rootfs`: its library
+    directory picks the cached plan, then the system libraries the driver needs are
+    settled against what the rootfs has (plan.settle_absent)."""
+    from nvlaunch.plan import settle_absent
+    from nvlaunch.rootfs import container_libdir, libraries_present
+    plan, k = cached_plan(request, host, container_libdir(rootfs))
+    return settle_absent(plan, lambda names: libraries_present(rootfs, names)), k
+
+
 def _encode(plan) -> tuple:
     rec = lambda e: (type(e).__name__, tuple(e))  # noqa: E731
     return (tuple(map(rec, plan.entries)), tuple(map(rec, plan.devices)), plan.env, plan.libdir,

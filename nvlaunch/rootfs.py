@@ -190,3 +190,32 @@ def container_libdir(root: str) -> str:
         if os.path.lexists(root.rstrip("/") + resolve_in_root(root, probe)):
             return MULTIARCH_LIBDIR
     return LIB64_LIBDIR
+
+
+# The dynamic loader's own search order when a name is not in its cache (ld.so(8)):
+# Debian's multiarch directories first, then the lib64 and plain defaults.
+DEFAULT_LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64",
+                    "/usr/lib64", "/lib", "/usr/lib")
+
+
+def libraries_present(root: str, names) -> set:
+    """Which of the library `names` the rootfs at host path `root` has: in its
+    /etc/ld.so.cache or in a default library directory (each path resolved inside it)."""
+    from nvlaunch import ldcache
+    names = set(names)
+    found: set = set()
+    top = root.rstrip("/")
+    try:
+        with open(top + resolve_in_root(root, ldcache.LD_SO_CACHE), "rb") as f:
+            found = {e.key for e in ldcache.parse(f.read())} & names
+    except (OSError, ContainerPathError, ldcache.LdCacheError):
+        pass
+    for name in names - found:
+        for d in DEFAULT_LIB_DIRS:
+            try:
+                if os.path.exists(top + resolve_in_root(root, f"{d}/{name}")):
+                    found.add(name)
+                    break
+            except ContainerPathError:
+                continue
+    return found

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from nvlaunch.plan import BindDevice, BindDir, BindFile, Symlink, Tmpfs, WriteFile
+from nvlaunch.plan import IF_ABSENT, BindDevice, BindDir, BindFile, Symlink, Tmpfs, WriteFile
 
 
 def _opts(args, allowed, command):
@@ -84,7 +84,10 @@ def plan_json(plan) -> dict:
         if isinstance(e, BindDevice):
             out["devices"].append({"path": e.dst, "host_path": e.src, "major": e.major, "minor": e.minor})
         elif isinstance(e, (BindFile, BindDir)):
-            out["files"].append({"path": e.dst, "host_path": e.src, "readonly": e.readonly})
+            item = {"path": e.dst, "host_path": e.src, "readonly": e.readonly}
+            if e.policy == IF_ABSENT:
+                item["only_if_absent"] = True   # a system library the container may have
+            out["files"].append(item)
         elif isinstance(e, Symlink):
             out["links"].append({"path": e.link, "target": e.target})
         elif isinstance(e, (WriteFile, Tmpfs)):
@@ -100,7 +103,8 @@ def print_plan(plan, out) -> None:
         if isinstance(e, BindDevice):
             out.write(f"device  {e.dst}  ({e.major}:{e.minor}, from {e.src})\n")
         elif isinstance(e, (BindFile, BindDir)):
-            out.write(f"bind    {e.dst}  <- {e.src}{' (ro)' if e.readonly else ''}\n")
+            note = " (only if the container has no such library)" if e.policy == IF_ABSENT else ""
+            out.write(f"bind    {e.dst}  <- {e.src}{' (ro)' if e.readonly else ''}{note}\n")
         elif isinstance(e, Symlink):
             out.write(f"link    {e.link} -> {e.target}\n")
         elif isinstance(e, WriteFile):

@@ -204,15 +204,29 @@ def _lib_job(source: str, soname: str, version: str, cuda_version: int = DEFAULT
     tag = f"{soname}@{version}"
     if source != "generic.c":
         tag += f"-cuda{cuda_version}-err{init_error}"
+    if source == "libcuda.c":
+        tag += "-syslibs2"
     out = os.path.join(cache_dir(), "lib", tag + ".so")
     args = ["-shared", "-fPIC", f"-Wl,-soname,{soname}", f'-DFAKE_DRIVER_VERSION="{version}"',
             f"-DFAKE_CUDA_VERSION={int(cuda_version)}", f"-DFAKE_INIT_ERROR={int(init_error)}",
             os.path.join(FAKEDRV_DIR, source)]
+    if source == "libcuda.c":
+        args += SYSLIB_LINK_ARGS
     return out, args
 
 
+# The real libcuda and nvidia-smi need libm.so.6 and libpthread.so.0 besides libc (DT_NEEDED);
+# so do the fake ones, and the fake host has copies of this machine's in its library
+# directory and ld cache (SYSLIBS), as the real host has its own.
+SYSLIBS = ("libm.so.6", "libpthread.so.0")
+SYSLIB_LINK_ARGS = ["-Wl,--no-as-needed", "-lm", "-l:libpthread.so.0", "-Wl,--as-needed"]
+
+
 def _bin_job(source: str, name: str) -> tuple:
-    return os.path.join(cache_dir(), "bin", name), [os.path.join(FAKEDRV_DIR, source), "-ldl"]
+    args = [os.path.join(FAKEDRV_DIR, source), "-ldl"]
+    if name == "nvidia-smi":
+        name, args = "nvidia-smi-syslibs2", args + SYSLIB_LINK_ARGS
+    return os.path.join(cache_dir(), "bin", name), args
 
 
 def _build_all(jobs: list) -> None:
@@ -390,6 +404,9 @@ def _build_driver_tree(root: str, version: str, cuda_version: int, with_decoy: b
     # A library that has nothing to do with NVIDIA.
     _install(built["libfoo"], j("usr/lib/x86_64-linux-gnu/libfoo.so.1.0.0"))
     _symlink("libfoo.so.1.0.0", j("usr/lib/x86_64-linux-gnu/libfoo.so.1"))
+    # The system libraries the driver needs (this machine's glibc files).
+    for name in SYSLIBS:
+        _install(_host_lib(name), j("usr/lib/x86_64-linux-gnu", name))
 
     # Firmware, vendor files.
     for fw in ("gsp_ga10x.bin", "gsp_tu10x.bin"):

@@ -27,7 +27,7 @@ import tempfile
 import pytest
 
 from tests.conftest import REPO, TEST_USER, is_root, mounts_snapshot, tree_snapshot, user_exists
-from tests.fakehost import build_fake_host, build_rootfs, parse_devices, parse_kv
+from tests.fakehost import SYSLIBS, build_fake_host, build_rootfs, parse_devices, parse_kv
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="needs root (runc, cgroups, mknod)")
 
@@ -192,6 +192,25 @@ def test_runc_injects_selected_gpus(work, host, wrapper, spec, stage, indices):
     expect_libcuda(proc.stdout)
     for i in (0, 1):     # /proc/driver/nvidia shows the selected GPUs only
         assert (host.gpus[i].bus_id in proc.stdout) == (i in indices), proc.stdout
+
+
+@needs_runc
+def test_runc_system_libraries_for_a_minimal_rootfs(work, host, wrapper):
+    """A rootfs with libc but without libm.so.6 / libpthread.so.0 and no ld cache: the
+    hook binds the host's (libcuda and nvidia-smi need them) and lists them in the new
+    cache; the rootfs's libc stays its own."""
+    make_bundle(work, ["/bin/sh", "-c", "probe dlopen libc.so.6; probe dlopen libcuda.so.1; "
+                       "nvidia-smi -L"],
+                env=["NVIDIA_VISIBLE_DEVICES=0"], hooks={"prestart": [hook_entry(wrapper, host)]})
+    lib = os.path.join(work, "rootfs/lib/x86_64-linux-gnu")
+    for name in SYSLIBS:
+        os.unlink(os.path.join(lib, name))
+    os.unlink(os.path.join(work, "rootfs/etc/ld.so.cache"))
+    proc = run_container(work)
+    assert proc.returncode == 0, proc.stderr
+    expect_libcuda(proc.stdout)
+    assert f"GPU 0: NVIDIA H200 (UUID: {host.gpus[0].uuid})" in proc.stdout, proc.stdout
+    assert "realpath=/lib/x86_64-linux-gnu/libc.so.6" in proc.stdout, proc.stdout
 
 
 needs_v2 = pytest.mark.skipif(not os.path.exists("/sys/fs/cgroup/cgroup.controllers")

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from tests.conftest import mounts_snapshot, requires_root, tree_snapshot
-from tests.fakehost import build_fake_host, build_rootfs, parse_devices, parse_kv
+from tests.fakehost import SYSLIBS, build_fake_host, build_rootfs, parse_devices, parse_kv
 
 pytestmark = requires_root
 
@@ -117,6 +117,50 @@ def test_lib64_layout_uses_ld_cache(nvl_user, host, world_tmp_path):
     kv = parse_kv(r.stdout)
     assert kv.get("dlopen") == "ok", r.stdout + r.stderr
     assert kv["path"].startswith("/usr/lib64/") and kv["version"] == DRIVER
+
+
+def _minimal_rootfs(path: str) -> str:
+    """A rootfs with libc and the loader but none of libm.so.6 and libpthread.so.0, which
+    the driver needs (like one made from a program's `ldd` alone): no ld cache either."""
+    r = build_rootfs(path)
+    for name in SYSLIBS + ("libdl.so.2", "librt.so.1"):
+        p = os.path.join(r, "lib/x86_64-linux-gnu", name)
+        if os.path.lexists(p):
+            os.unlink(p)
+    os.unlink(os.path.join(r, "etc/ld.so.cache"))
+    subprocess.run(["chmod", "-R", "a+rX", r], check=True)
+    return r
+
+
+@pytest.mark.parametrize("minimal", [True, False], ids=["rootfs-lacks-them", "rootfs-has-them"])
+def test_system_libraries_only_where_missing(nvl_user, host, world_tmp_path, rootfs, minimal):
+    """libcuda and nvidia-smi need libm.so.6 and libpthread.so.0 (DT_NEEDED).  A rootfs
+    without them gets the host's (or libcuda could not load); one with them keeps its own
+    and gets no copy."""
+    root = _minimal_rootfs(os.path.join(world_tmp_path, "min")) if minimal else rootfs
+    before = tree_snapshot(root)
+    r = run(nvl_user, host, root, "--gpus", "0",
+            script="probe dlopen libcuda.so.1; nvidia-smi -L; probe dlopen libm.so.6; "
+                   "ls /usr/lib/x86_64-linux-gnu")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cuInit=0" in r.stdout and "GPU 0: NVIDIA H200" in r.stdout, r.stdout
+    libm = [line for line in r.stdout.splitlines() if "realpath=" in line and "libm" in line]
+    injected = {"libm.so.6", "libpthread.so.0"} & set(r.stdout.split())
+    if minimal:
+        assert injected == {"libm.so.6", "libpthread.so.0"}, r.stdout
+        assert "path=/usr/lib/x86_64-linux-gnu/libm.so.6" in libm[0], libm
+    else:
+        assert not injected, r.stdout
+        assert "realpath=/lib/x86_64-linux-gnu/libm.so.6" in libm[0], libm
+    assert tree_snapshot(root) == before
+
+
+def test_list_marks_system_libraries(nvl_user, host):
+    import json
+    r = nvl_user("list", "--gpus", "0", "--json", env=host.env())
+    data = json.loads(r.stdout)
+    marked = {os.path.basename(f["path"]) for f in data["files"] if f.get("only_if_absent")}
+    assert marked == set(SYSLIBS), data["files"]
 
 
 def test_proc_driver_view(nvl_user, host, rootfs):

@@ -481,7 +481,8 @@ def _timed(fn, arg, time):
 def test_elf_reader(fake, tmp_path):
     lib = os.path.join(fake.driver_root, LIB64.lstrip("/"), f"libcuda.so.{VERSION}")
     info = elf.read_elf_info(lib)
-    assert info == elf.ElfInfo(64, elf.EM_X86_64, "libcuda.so.1")
+    assert info == elf.ElfInfo(64, elf.EM_X86_64, "libcuda.so.1",
+                               ("libm.so.6", "libpthread.so.0", "libc.so.6"))
     assert elf.read_elf_info(os.path.join(fake.driver_root, "usr/local/nvidia/bin/nvidia-smi")) \
         .soname is None
     assert elf.read_elf_info(str(tmp_path / "missing")) is None
@@ -521,3 +522,42 @@ def test_elf_reader_section_headers_only(fake, tmp_path):
     p = tmp_path / "noph.so"
     p.write_bytes(bytes(data))
     assert elf.read_elf_info(str(p)).soname == "libcuda.so.1"
+
+
+# --- system libraries --------------------------------------------------------------------
+
+def test_system_libs_follow_needed_through_the_ld_cache(fake, host):
+    """libcuda and nvidia-smi need libm.so.6 and libpthread.so.0: found through the fake
+    host's ld cache, under the driver root.  libc.so.6 is not in that cache (left out), the
+    loader never is, and driver libraries are never taken as system ones."""
+    d = drv.discover(host)
+    files = drv.files_for(d, {"compute", "utility"})
+    deps = drv.system_libs(host, files, d.files)
+    assert [f.name for f in deps] == ["libm.so.6", "libpthread.so.0"]
+    for f in deps:
+        assert f.kind == "syslib" and f.soname == f.name
+        assert f.host_path == os.path.join(fake.driver_root, "usr/lib/x86_64-linux-gnu", f.name)
+    assert drv.system_libs(host, [f for f in files if f.kind != "lib" and f.kind != "bin"]) == []
+
+
+def test_plan_settles_system_libs_per_rootfs(fake, host, tmp_path):
+    from nvlaunch.build import build_plan
+    from nvlaunch.plan import IF_ABSENT, REQUIRED, settle_absent
+    from nvlaunch.request import Request
+    from nvlaunch.rootfs import libraries_present
+    plan = build_plan(Request("0", "compute,utility"), host)
+    conditional = [e for e in plan.entries if getattr(e, "policy", None) == IF_ABSENT]
+    assert {os.path.basename(e.dst) for e in conditional} == {"libm.so.6", "libpthread.so.0"}
+    root = tmp_path / "root"
+    (root / "lib64").mkdir(parents=True)
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "lib64/libm.so.6").write_bytes(b"")                  # has libm, not libpthread
+    (root / "usr/lib/x86_64-linux-gnu").symlink_to("/../../elsewhere")   # stays inside
+    assert libraries_present(str(root), ["libm.so.6", "libpthread.so.0"]) == {"libm.so.6"}
+    settled = settle_absent(plan, lambda names: libraries_present(str(root), names))
+    dsts = {e.dst: e.policy for e in settled.entries if hasattr(e, "policy")}
+    assert "/usr/lib/x86_64-linux-gnu/libm.so.6" not in dsts
+    assert dsts["/usr/lib/x86_64-linux-gnu/libpthread.so.0"] == REQUIRED
+    assert [p[0] for p in settled.ldcache if p[0].startswith(("libm.", "libpthread."))] == \
+        ["libpthread.so.0"]
+    assert settle_absent(settled, lambda names: set(names)) == settled   # nothing left to settle

@@ -9,50 +9,13 @@ from __future__ import annotations
 import os
 
 
-def _core_from_another_copy():
-    """nvlaunch._ns taken from another copy of this package on sys.path.
-
-    `python3 -m nvlaunch` run in a source checkout imports the checkout's package (the
-    current directory comes first on sys.path) even when the extension was built only into
-    an installed copy (`pip install --target DIR .` with DIR on PYTHONPATH).  That copy's
-    core is used when its interface file (_ns.pyi) is the same as ours byte for byte, so
-    the two cannot disagree; otherwise one clear error says how to build it."""
-    import sys
-
-    import nvlaunch
-    from nvlaunch.errors import NvlaunchError
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        with open(os.path.join(here, "_ns.pyi"), "rb") as f:
-            interface = f.read()
-    except OSError:
-        interface = None
-    for entry in sys.path:
-        other = os.path.join(entry or ".", "nvlaunch")
-        if interface is None or os.path.realpath(other) == os.path.realpath(here):
-            continue
-        try:
-            with open(os.path.join(other, "_ns.pyi"), "rb") as f:
-                if f.read() != interface:
-                    continue
-            if not any(n.startswith("_ns.") and n.endswith(".so") for n in os.listdir(other)):
-                continue
-        except OSError:
-            continue
-        nvlaunch.__path__.append(other)
-        try:
-            from nvlaunch import _ns as core
-            return core
-        except ImportError:
-            nvlaunch.__path__.remove(other)
-    raise NvlaunchError(f"the syscall core nvlaunch._ns is not built in {here} "
-                        f"(build it: `make test`, or `python3 setup.py build_ext --inplace`)")
-
-
 try:
     from nvlaunch import _ns
-except ImportError:
-    _ns = _core_from_another_copy()
+except ImportError as _err:
+    from nvlaunch.errors import NvlaunchError
+    raise NvlaunchError(
+        f"the syscall core nvlaunch._ns is not built in {os.path.dirname(__file__)} ({_err}); "
+        "build it: `make test`, or `python3 setup.py build_ext --inplace`") from None
 
 
 class RealKernel:

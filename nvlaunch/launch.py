@@ -128,6 +128,10 @@ def run(cfg: RunConfig, kernel=None, timings=None) -> int:
         raise
     os.close(go_w)
     status = _wait_forwarding(pid, mask)
+    if timings:   # P's own clock: clone to PID 1 gone, its mount namespace torn down
+        timings.phases = []
+        timings.mark("container")
+        timings.report("nvlaunch-timings-end")
     with os.fdopen(err_r, "rb") as f:
         record = f.read()
     _restore_foreground()
@@ -579,6 +583,10 @@ def _init_loop(cfg: RunConfig, kernel, real_root: bool, forwarder: "_Forwarder",
         if done == pid:
             status = st
             break
+    if timings:
+        timings.phases = []
+        timings.mark("command")
+        timings.report("nvlaunch-timings-end")
     if failure:
         raise E.unpack_error(failure)[0]
     return _exit_code(status)

@@ -3,7 +3,10 @@
 Off, it costs nothing: callers hold `None` instead of a Timings.  On, each phase is the
 time since the previous mark; "startup" is the time from process start (NVLAUNCH_T0_NS,
 set by the benchmark to its clock before spawning us, else unknown) to main().
-Printed as one JSON line on stderr, prefixed `nvlaunch-timings:`.
+Printed as one JSON line on stderr, prefixed `nvlaunch-timings:`, when the command
+starts; at the end two more lines prefixed `nvlaunch-timings-end:` give the command's
+run time (PID 1's clock) and P's time from the last setup mark to PID 1's exit, mount
+namespace teardown included: their difference is what the exit costs.
 """
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ class Timings:
         self.phases.append((phase, (now - self._last) / 1e6))
         self._last = now
 
-    def report(self) -> None:
+    def report(self, prefix: str = "nvlaunch-timings") -> None:
         # JSON written by hand: importing json would add its own cost to what is measured
         body = ", ".join(f'"{name}": {ms:.3f}' for name, ms in self.phases)
-        sys.stderr.write("nvlaunch-timings: {" + body + "}\n")
+        sys.stderr.write(prefix + ": {" + body + "}\n")
         sys.stderr.flush()

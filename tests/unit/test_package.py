@@ -1,0 +1,45 @@
+"""The package from a source checkout whose syscall core was not built (as when
+`python3 -m nvlaunch` runs in a checkout and the project is installed elsewhere)."""
+import os
+import shutil
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def _unbuilt_checkout(tmp_path) -> str:
+    src = tmp_path / "checkout"
+    shutil.copytree(os.path.join(REPO, "nvlaunch"), src / "nvlaunch",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__", "*.c"))
+    return str(src)
+
+
+def _python(cwd, code, pythonpath=None):
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}   # and -S: no .pth adds the repo
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    return subprocess.run([sys.executable, "-S", "-c", code], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_an_unbuilt_checkout_runs_the_installed_copy(tmp_path):
+    cwd = _unbuilt_checkout(tmp_path)
+    r = _python(cwd, "import sys; sys.path.insert(0, ''); import nvlaunch, nvlaunch.kernel; "
+                     "print(nvlaunch.kernel.__file__)", pythonpath=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == os.path.join(REPO, "nvlaunch", "kernel.py")
+
+
+def test_an_unbuilt_checkout_alone_says_how_to_build(tmp_path):
+    cwd = _unbuilt_checkout(tmp_path)
+    code = ("import sys; sys.path.insert(0, ''); from nvlaunch.errors import NvlaunchError\n"
+            "try:\n    import nvlaunch.kernel\nexcept NvlaunchError as e:\n    print(e)")
+    r = _python(cwd, code)
+    assert r.returncode == 0, r.stderr
+    assert "nvlaunch._ns is not built" in r.stdout and "build_ext --inplace" in r.stdout
+
+
+def test_a_built_package_stays_where_it_is():
+    import nvlaunch
+    assert nvlaunch.__path__ == [os.path.join(REPO, "nvlaunch")]

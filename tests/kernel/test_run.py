@@ -658,3 +658,20 @@ def test_single_id_map(nvl_nobody, rootfs, hostdir):
     assert os.stat(os.path.join(hostdir, "v")).st_uid == 65534
     out = sh(nvl_nobody, rootfs, "id -u; id -g", opts=("--uid", "1000", "--gid", "1000")).stdout
     assert out.split() == ["1000", "1000"]
+
+
+def test_timings_lines(nvl, rootfs):
+    """--timings: one `nvlaunch-timings:` JSON line when the command starts (setup phases)
+    and two `nvlaunch-timings-end:` lines (the command; P's wait until PID 1 was gone)
+    on stderr; stdout is the command's alone."""
+    import json
+    r = nvl("run", "--timings", rootfs, SH, "-c", "echo out")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "out\n"
+    lines = r.stderr.splitlines()
+    start = [json.loads(x.split(":", 1)[1]) for x in lines if x.startswith("nvlaunch-timings:")]
+    end = [json.loads(x.split(":", 1)[1]) for x in lines if x.startswith("nvlaunch-timings-end:")]
+    assert len(start) == 1 and {"prepare", "namespaces", "overlay", "pivot", "init"} <= set(start[0])
+    assert [list(d) for d in end] == [["command"], ["container"]], end
+    assert all(v >= 0 for d in start + end for v in d.values())
+    assert end[1]["container"] >= end[0]["command"]

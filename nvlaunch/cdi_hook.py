@@ -156,8 +156,9 @@ SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 def hook_invocation(hook_path: str | None = None) -> tuple[str, list, list]:
     """(path, argv prefix, env list) that runs this nvlaunch from a hook.
 
-    With `hook_path` or $NVLAUNCH_HOOK_PATH (an `nvlaunch` executable), or when running
-    as an installed console script: that program.  Else (`python -m nvlaunch` from a source tree): this
+    With `hook_path` or $NVLAUNCH_HOOK_PATH (an `nvlaunch` executable): that program.
+    Running as the installed console script: that script, run by this interpreter with
+    -S (bin/nvlaunch puts site-packages on sys.path itself, without .pth import lines).  Else (`python -m nvlaunch` from a source tree): this
     interpreter with -P (no cwd on sys.path; Python >= 3.11) and PYTHONPATH naming the
     directory that holds this package, and -S.  The env is complete: nothing is inherited.
     """
@@ -170,6 +171,8 @@ def hook_invocation(hook_path: str | None = None) -> tuple[str, list, list]:
     script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     if os.path.basename(script) == "nvlaunch" and os.access(script, os.X_OK) \
             and os.path.isfile(script):
+        if sys.executable and os.path.isabs(sys.executable):   # with -S: see bin/nvlaunch
+            return sys.executable, [os.path.basename(sys.executable), "-S", script], env
         return script, ["nvlaunch"], env
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     exe = sys.executable or "/usr/bin/python3"

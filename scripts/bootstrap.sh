@@ -35,7 +35,7 @@ if [ ! -f .venv/.nvlaunch-built ] || [ nvlaunch/_ns.pyx -nt .venv/.nvlaunch-buil
 fi
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$PWD" > "$SITE/nvlaunch-dev.pth"
-sed "1s|.*|#!$PWD/.venv/bin/python|" bin/nvlaunch > .venv/bin/nvlaunch
+sed "1s|^#!python|#!$PWD/.venv/bin/python -S|" bin/nvlaunch > .venv/bin/nvlaunch
 chmod 755 .venv/bin/nvlaunch
 # Byte-compile now: an unprivileged user cannot write __pycache__ here, and a stale
 # module recompiled on every launch costs milliseconds per container.

@@ -43,3 +43,26 @@ def test_an_unbuilt_checkout_alone_says_how_to_build(tmp_path):
 def test_a_built_package_stays_where_it_is():
     import nvlaunch
     assert nvlaunch.__path__ == [os.path.join(REPO, "nvlaunch")]
+
+
+def test_script_with_S_takes_site_paths_but_runs_no_pth_imports(tmp_path):
+    """bin/nvlaunch under `python -S` (how the hook entries run it): the virtualenv's
+    site-packages and the directory lines of its .pth files are on sys.path (nvlaunch is
+    found through one), an import line of a .pth is not run.  Without -S, site runs."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site_dir = next(venv.glob("lib/python*/site-packages"))
+    marker = tmp_path / "pth-import-ran"
+    (site_dir / "aa_dev.pth").write_text(f"# the source tree\n{REPO}\n")
+    (site_dir / "zz_slow.pth").write_text(f"import os; open({str(marker)!r}, 'w').close()\n")
+    script = os.path.join(REPO, "bin", "nvlaunch")
+    py = str(venv / "bin" / "python")
+    env = {"PATH": "/usr/bin:/bin"}
+    r = subprocess.run([py, "-S", script, "--help"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("usage: nvlaunch"), r.stderr
+    assert not marker.exists()
+    r = subprocess.run([py, script, "--help"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("usage: nvlaunch"), r.stderr
+    assert marker.exists()

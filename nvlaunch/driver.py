@@ -707,8 +707,8 @@ def system_libs(host: HostView, files, driver_files=(), machine: str | None = No
     native entry, resolved inside the root) and comes back as kind "syslib" named by its
     soname.  Names any driver library provides (`files` and `driver_files`: those belong
     to a capability, not here), the dynamic loader and names the cache does not know are
-    left out.  A container normally has these; the plan binds
-    them only where it does not (plan.IF_ABSENT)."""
+    left out.  A container normally has these; the plan binds them only where it does
+    not (plan.IF_ABSENT).  Runs only when a plan is built (plans are cached)."""
     arch = ARCHES.get(machine or os.uname().machine, ARCHES["x86_64"])
     libs = [f for f in (*files, *driver_files) if f.kind in ("lib", "lib32")]
     provided = {f.soname for f in libs if f.soname} | {f.name for f in libs}

@@ -199,23 +199,29 @@ DEFAULT_LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib6
 
 
 def libraries_present(root: str, names) -> set:
-    """Which of the library `names` the rootfs at host path `root` has: in its
-    /etc/ld.so.cache or in a default library directory (each path resolved inside it)."""
+    """Which of the library `names` the rootfs at host path `root` has: a non-empty file
+    (links followed inside the root) that its /etc/ld.so.cache names, or in a default
+    library directory.  Empty files do not count: they are the mount points a hook left
+    in a persistent rootfs on an earlier start (and the cache lines it wrote for them)."""
     from nvlaunch import ldcache
     names = set(names)
     found: set = set()
-    top = root.rstrip("/")
     try:
-        with open(top + resolve_in_root(root, ldcache.LD_SO_CACHE), "rb") as f:
-            found = {e.key for e in ldcache.parse(f.read())} & names
+        with open(root.rstrip("/") + resolve_in_root(root, ldcache.LD_SO_CACHE), "rb") as f:
+            for e in ldcache.parse(f.read()):
+                if e.key in names and e.key not in found and _real_file(root, e.value):
+                    found.add(e.key)
     except (OSError, ContainerPathError, ldcache.LdCacheError):
         pass
     for name in names - found:
-        for d in DEFAULT_LIB_DIRS:
-            try:
-                if os.path.exists(top + resolve_in_root(root, f"{d}/{name}")):
-                    found.add(name)
-                    break
-            except ContainerPathError:
-                continue
+        if any(_real_file(root, f"{d}/{name}") for d in DEFAULT_LIB_DIRS):
+            found.add(name)
     return found
+
+
+def _real_file(root: str, path: str) -> bool:
+    try:
+        st = os.stat(root.rstrip("/") + resolve_in_root(root, path))
+    except (OSError, ContainerPathError):
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size > 0

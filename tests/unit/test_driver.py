@@ -551,7 +551,8 @@ def test_plan_settles_system_libs_per_rootfs(fake, host, tmp_path):
     root = tmp_path / "root"
     (root / "lib64").mkdir(parents=True)
     (root / "usr/lib").mkdir(parents=True)
-    (root / "lib64/libm.so.6").write_bytes(b"")                  # has libm, not libpthread
+    (root / "lib64/libm.so.6").write_bytes(b"\x7fELF")            # has libm, not libpthread
+    (root / "usr/lib/libpthread.so.0").write_bytes(b"")           # a hook's old mount point
     (root / "usr/lib/x86_64-linux-gnu").symlink_to("/../../elsewhere")   # stays inside
     assert libraries_present(str(root), ["libm.so.6", "libpthread.so.0"]) == {"libm.so.6"}
     settled = settle_absent(plan, lambda names: libraries_present(str(root), names))

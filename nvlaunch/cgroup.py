@@ -63,18 +63,25 @@ from nvlaunch.kernel import REAL
 
 class _Log:
     """Debug lines on stderr with NVLAUNCH_DEBUG=1 (the logging module costs a hook more
-    to import than its whole cgroup step)."""
+    to import than its whole cgroup step), or into `sink` (the hook's own log, which
+    also keeps NVLAUNCH_DEBUG_FILE) when the caller sets one.  Warnings always reach
+    stderr."""
+    sink = None
 
-    @staticmethod
-    def debug(fmt: str, *args) -> None:
-        if os.environ.get("NVLAUNCH_DEBUG") == "1":
+    def debug(self, fmt: str, *args) -> None:
+        msg = "cgroup: " + (fmt % args)
+        if self.sink is not None:
+            self.sink(msg)
+        elif os.environ.get("NVLAUNCH_DEBUG") == "1":
             import sys
-            sys.stderr.write("nvlaunch: debug: cgroup: " + (fmt % args) + "\n")
+            sys.stderr.write("nvlaunch: debug: " + msg + "\n")
 
-    @staticmethod
-    def warning(fmt: str, *args) -> None:
+    def warning(self, fmt: str, *args) -> None:
         import sys
-        sys.stderr.write("nvlaunch: warning: cgroup: " + (fmt % args) + "\n")
+        msg = "cgroup: " + (fmt % args)
+        sys.stderr.write("nvlaunch: warning: " + msg + "\n")
+        if self.sink is not None:
+            self.sink("warning: " + msg, file_only=True)
 
 
 log = _Log()

@@ -387,7 +387,9 @@ def _cgroup_step(stage: str, state: dict, plan, log, no_cgroups: bool):
     if no_cgroups:
         log("cgroup: --no-cgroups / NVLAUNCH_NO_CGROUPS: no device rules added")
         return None
+    from nvlaunch import cgroup
     from nvlaunch.cgroup import allow_devices, find_cgroup, needs_cgroup_rules
+    cgroup.log.sink = log if log.on else None     # its lines into the hook's debug file too
     if not needs_cgroup_rules("/"):
         log("cgroup: not root in the initial user namespace (rootless runtime): no device "
             "cgroup writes; device access is what the runtime's own policy allows")

@@ -228,7 +228,8 @@ def test_runc_cgroup_v2_only(work, host, wrapper, cgroup_rules):
     """The GPU host's layout: cgroup v2 alone, runc's device policy an eBPF program.  The
     hook's rules open the selected GPU (ENXIO); without them runc's program denies it
     (EPERM), which proves runc's program was in force and that ours replaced it."""
-    extra = [] if cgroup_rules else ["NVLAUNCH_NO_CGROUPS=1"]
+    dbg = os.path.join(work, "hook-debug.log")
+    extra = [f"NVLAUNCH_DEBUG_FILE={dbg}"] + ([] if cgroup_rules else ["NVLAUNCH_NO_CGROUPS=1"])
     make_bundle(work, ["/bin/sh", "-c", PROBE + "; probe open /dev/null; cat /proc/self/cgroup"],
                 env=["NVIDIA_VISIBLE_DEVICES=1"],
                 hooks={"prestart": [hook_entry(wrapper, host, extra_env=extra)]})
@@ -239,6 +240,10 @@ def test_runc_cgroup_v2_only(work, host, wrapper, cgroup_rules):
     if cgroup_rules:
         expect_libcuda(proc.stdout)
     assert "path=/dev/null open=OK" in proc.stdout, proc.stdout   # runc's own rules hold
+    with open(dbg) as f:
+        log = f.read()
+    # cgroup.py's own line (runc's program swapped for ours) reaches the hook's debug file
+    assert ("replaced by a program with" in log) == cgroup_rules, log
 
 
 @needs_runc

@@ -172,7 +172,7 @@ def hook_invocation(hook_path: str | None = None) -> tuple[str, list, list]:
     if os.path.basename(script) == "nvlaunch" and os.access(script, os.X_OK) \
             and os.path.isfile(script):
         if sys.executable and os.path.isabs(sys.executable):   # with -S: see bin/nvlaunch
-            return sys.executable, [os.path.basename(sys.executable), "-S", script], env
+            return sys.executable, [sys.executable, "-S", script], env   # full argv[0]: venvs
         return script, ["nvlaunch"], env
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     exe = sys.executable or "/usr/bin/python3"

@@ -118,9 +118,10 @@ def _hook_env(gopts: dict, opts: dict) -> list:
 
 def hooks_d_json(path: str, env: list) -> dict:
     """The OCI hooks.d definition (1.0.0 schema) of the nvlaunch prestart hook."""
+    from nvlaunch.runtime_shim import hook_entry
     return {
         "version": "1.0.0",
-        "hook": {"path": path, "args": ["nvlaunch", "hook", "prestart"], "env": list(env)},
+        "hook": hook_entry(path, env),
         "when": {"always": True},
         "stages": ["prestart"],
     }

@@ -320,11 +320,27 @@ def test_runc_user_namespace(work, host, wrapper):
     assert (st.st_uid, st.st_gid) == (100000, 100000)
 
 
+@pytest.fixture(scope="module")
+def script(moddir):
+    """nvlaunch's own script with this venv's python on its first line, no options: hook
+    entries run it as `python -S script`, and it finds nvlaunch through the venv's
+    site-packages (its .pth line) by itself: no PYTHONPATH in the hook's env."""
+    with open(os.path.join(REPO, "bin", "nvlaunch")) as f:
+        body = f.read().split("\n", 1)[1]
+    path = os.path.join(moddir, "nvlaunch")
+    with open(path, "w") as f:
+        f.write(f"#!{sys.executable}\n{body}")
+    os.chmod(path, 0o755)
+    return path
+
+
 @needs_runc
-def test_runtime_shim_adds_the_hook_once(work, host, wrapper):
+@pytest.mark.parametrize("kind", ["wrapper", "script"])
+def test_runtime_shim_adds_the_hook_once(work, host, wrapper, script, kind):
+    hook = wrapper if kind == "wrapper" else script
     make_bundle(work, ["/bin/sh", "-c", PROBE], env=["NVIDIA_VISIBLE_DEVICES=1"])
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": REPO,
-           "NVLAUNCH_RUNTIME": RUNC, "NVLAUNCH_HOOK_PATH": wrapper, **host.env()}
+           "NVLAUNCH_RUNTIME": RUNC, "NVLAUNCH_HOOK_PATH": hook, **host.env()}
     state = os.path.join(work, "state")
     for cid in ("s1", "s2"):
         proc = subprocess.run([sys.executable, "-m", "nvlaunch", "runtime", "--root", state, "run",
@@ -338,8 +354,13 @@ def test_runtime_shim_adds_the_hook_once(work, host, wrapper):
         hooks = json.load(f)["hooks"]
     assert len(hooks["prestart"]) == 1
     entry = hooks["prestart"][0]
-    assert entry["path"] == wrapper and entry["args"] == ["nvlaunch", "hook", "prestart"]
+    if kind == "wrapper":
+        assert entry["path"] == wrapper and entry["args"] == ["nvlaunch", "hook", "prestart"]
+    else:
+        assert entry["path"] == sys.executable
+        assert entry["args"] == [sys.executable, "-S", script, "hook", "prestart"]
     assert f"NVLAUNCH_DRIVER_ROOT={host.driver_root}" in entry["env"]
+    assert not any(e.startswith("PYTHONPATH=") for e in entry["env"])
 
 
 # ---- failures -------------------------------------------------------------------------

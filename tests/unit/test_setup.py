@@ -354,3 +354,47 @@ def test_hook_needs_a_pid_for_prestart(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(_config(["NVIDIA_VISIBLE_DEVICES=0"])))
     with pytest.raises(NvlaunchError, match="pid"):
         oci_hook._state_pid({"bundle": str(tmp_path)})
+
+
+# ---- hook entries that run nvlaunch's script with python -S ---------------------------
+
+def _script_copy(tmp_path, first_line: str) -> str:
+    with open(os.path.join(REPO, "bin", "nvlaunch")) as f:
+        body = f.read().split("\n", 1)[1]
+    path = tmp_path / "nvlaunch"
+    path.write_text(first_line + "\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_hook_entry_runs_the_script_with_python_S(tmp_path):
+    from nvlaunch.runtime_shim import hook_command, hook_entry, is_nvlaunch_hook
+    script = _script_copy(tmp_path, "#!/usr/bin/python3")
+    assert hook_command(script) == ("/usr/bin/python3", ["/usr/bin/python3", "-S", script])
+    entry = hook_entry(script, ["PATH=/bin"])
+    assert entry["args"] == ["/usr/bin/python3", "-S", script, "hook", "prestart"]
+    assert is_nvlaunch_hook(entry)
+    # left as they are: an env shebang, a shebang with options, a script that is not ours
+    for first in ("#!/usr/bin/env python3", "#!/usr/bin/python3 -S"):
+        other = _script_copy(tmp_path, first)
+        assert hook_command(other) == (other, ["nvlaunch"])
+    foreign = tmp_path / "foreign"
+    foreign.write_text("#!/usr/bin/python3\nprint('hi')\n")
+    assert hook_command(str(foreign)) == (str(foreign), ["nvlaunch"])
+    assert hook_command("/nonexistent/nvlaunch") == ("/nonexistent/nvlaunch", ["nvlaunch"])
+
+
+def test_setup_with_a_python_script_hook_path(tmp_path):
+    script = _script_copy(tmp_path, "#!/usr/bin/python3")
+    dest = tmp_path / "hooks.d" / "nvlaunch.json"
+    assert nvlaunch("setup", "podman", "--config", str(dest), "--hook-path", script).returncode == 0
+    doc = json.loads(dest.read_text())
+    check_hooks_d_schema(doc)
+    assert doc["hook"]["path"] == "/usr/bin/python3"
+    assert doc["hook"]["args"] == ["/usr/bin/python3", "-S", script, "hook", "prestart"]
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"ociVersion": "1.0.2", "process": {"args": ["sh"]}}))
+    for _ in range(2):      # the second finds the first's entry
+        assert nvlaunch("setup", "runc", "--config", str(config), "--hook-path",
+                        script).returncode == 0
+    assert len(json.loads(config.read_text())["hooks"]["prestart"]) == 1

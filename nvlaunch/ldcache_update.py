@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from nvlaunch import ldcache
+from nvlaunch.errors import ContainerPathError
 from nvlaunch.rootfs import resolve_in_root
 
 LIB = ldcache.FLAG_ELF_LIBC6 | ldcache.FLAG_X8664_LIB64
@@ -24,15 +25,21 @@ def merged_entries(existing: list, pairs) -> list:
     return ours + [e for e in existing if (e.key, e.value) not in taken]
 
 
-def merged_cache(root: str, pairs) -> bytes:
-    """A new cache for the rootfs at host path `root` (its current cache kept)."""
-    path = root.rstrip("/") + resolve_in_root(root, ldcache.LD_SO_CACHE)
+def container_cache(root: str) -> list:
+    """The entries of the ld.so.cache of the rootfs at host path `root` (resolved inside
+    it); [] for none, or one that cannot be read or parsed."""
     try:
+        path = root.rstrip("/") + resolve_in_root(root, ldcache.LD_SO_CACHE)
         with open(path, "rb") as f:
-            existing = ldcache.parse(f.read(), path)
-    except (OSError, ldcache.LdCacheError):
-        existing = []   # no cache, or one we cannot read: ours alone still works
-    return ldcache.build(merged_entries(existing, pairs))
+            return ldcache.parse(f.read(), path)
+    except (OSError, ContainerPathError, ldcache.LdCacheError):
+        return []
+
+
+def merged_cache(root: str, pairs) -> bytes:
+    """A new cache for the rootfs at host path `root` (its current cache kept; without
+    one, ours alone still works)."""
+    return ldcache.build(merged_entries(container_cache(root), pairs))
 
 
 def write_in_root(kernel, rootfd: int, pairs) -> None:

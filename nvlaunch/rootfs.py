@@ -203,16 +203,12 @@ def libraries_present(root: str, names) -> set:
     (links followed inside the root) that its /etc/ld.so.cache names, or in a default
     library directory.  Empty files do not count: they are the mount points a hook left
     in a persistent rootfs on an earlier start (and the cache lines it wrote for them)."""
-    from nvlaunch import ldcache
+    from nvlaunch.ldcache_update import container_cache
     names = set(names)
     found: set = set()
-    try:
-        with open(root.rstrip("/") + resolve_in_root(root, ldcache.LD_SO_CACHE), "rb") as f:
-            for e in ldcache.parse(f.read()):
-                if e.key in names and e.key not in found and _real_file(root, e.value):
-                    found.add(e.key)
-    except (OSError, ContainerPathError, ldcache.LdCacheError):
-        pass
+    for e in container_cache(root):
+        if e.key in names and e.key not in found and _real_file(root, e.value):
+            found.add(e.key)
     for name in names - found:
         if any(_real_file(root, f"{d}/{name}") for d in DEFAULT_LIB_DIRS):
             found.add(name)

@@ -157,10 +157,11 @@ def hook_invocation(hook_path: str | None = None) -> tuple[str, list, list]:
     """(path, argv prefix, env list) that runs this nvlaunch from a hook.
 
     With `hook_path` or $NVLAUNCH_HOOK_PATH (an `nvlaunch` executable): that program.
-    Running as the installed console script: that script, run by this interpreter with
-    -S (bin/nvlaunch puts site-packages on sys.path itself, without .pth import lines).  Else (`python -m nvlaunch` from a source tree): this
-    interpreter with -P (no cwd on sys.path; Python >= 3.11) and PYTHONPATH naming the
-    directory that holds this package, and -S.  The env is complete: nothing is inherited.
+    Running as the installed console script: that script, as runtime_shim.hook_command
+    runs it (its Python with -S where it is nvlaunch's own script).  Else (`python -m
+    nvlaunch` from a source tree): this interpreter with -S, -P (no cwd on sys.path;
+    Python >= 3.11) and PYTHONPATH naming the directory that holds this package.  The env
+    is complete: nothing is inherited.
     """
     env = [f"PATH={SAFE_PATH}", "PYTHONSAFEPATH=1", "PYTHONDONTWRITEBYTECODE=1", "LANG=C.UTF-8"]
     hook_path = hook_path or os.environ.get(ENV_HOOK_PATH)
@@ -171,9 +172,9 @@ def hook_invocation(hook_path: str | None = None) -> tuple[str, list, list]:
     script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     if os.path.basename(script) == "nvlaunch" and os.access(script, os.X_OK) \
             and os.path.isfile(script):
-        if sys.executable and os.path.isabs(sys.executable):   # with -S: see bin/nvlaunch
-            return sys.executable, [sys.executable, "-S", script], env   # full argv[0]: venvs
-        return script, ["nvlaunch"], env
+        from nvlaunch.runtime_shim import hook_command
+        path, argv = hook_command(script)
+        return path, argv, env
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     exe = sys.executable or "/usr/bin/python3"
     # -S: no site module.  The hook needs nothing from site-packages, and an image's .pth

@@ -129,9 +129,7 @@ def run(cfg: RunConfig, kernel=None, timings=None) -> int:
     os.close(go_w)
     status = _wait_forwarding(pid, mask)
     if timings:   # P's own clock: clone to PID 1 gone, its mount namespace torn down
-        timings.phases = []
-        timings.mark("container")
-        timings.report("nvlaunch-timings-end")
+        timings.report_end("container")
     with os.fdopen(err_r, "rb") as f:
         record = f.read()
     _restore_foreground()
@@ -167,12 +165,7 @@ def userns_restriction() -> str | None:
 # ---- P side -----------------------------------------------------------------------------
 
 def _wait_forwarding(pid: int, mask) -> int:
-    def forward(signum, _frame):
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-    old = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    forwarder = _Forwarder(pid)
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
         while True:
@@ -181,8 +174,7 @@ def _wait_forwarding(pid: int, mask) -> int:
             except ChildProcessError:
                 return 0
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        forwarder.restore()
 
 
 def _exit_code(status: int) -> int:
@@ -243,18 +235,22 @@ def _container_init(cfg: RunConfig, kernel, forwarder: "_Forwarder", timings) ->
 
 
 class _Forwarder:
-    """PID 1's signal handlers, installed first thing after clone.
+    """Handlers that forward FORWARDED_SIGNALS to `pid`: P's to PID 1, and PID 1's to the
+    command, installed in PID 1 first thing after clone.
 
     The kernel drops a signal sent to a pid namespace's init unless init has a handler
     for it, so a handler that only came after the command started would lose the signals
-    sent in between (the command may already be running and visible).  Until the command
-    exists they are held, then forwarded in order."""
+    sent in between (the command may already be running and visible).  Until the target
+    is known (start()) they are held, then forwarded in order."""
 
-    def __init__(self):
-        self.pid = None
+    def __init__(self, pid: int | None = None):
+        self.pid = pid
         self.held = []
-        for s in FORWARDED_SIGNALS:
-            signal.signal(s, self.handle)
+        self.old = {s: signal.signal(s, self.handle) for s in FORWARDED_SIGNALS}
+
+    def restore(self) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
 
     def handle(self, signum, _frame):
         if self.pid is None:
@@ -584,9 +580,7 @@ def _init_loop(cfg: RunConfig, kernel, real_root: bool, forwarder: "_Forwarder",
             status = st
             break
     if timings:
-        timings.phases = []
-        timings.mark("command")
-        timings.report("nvlaunch-timings-end")
+        timings.report_end("command")
     if failure:
         raise E.unpack_error(failure)[0]
     return _exit_code(status)

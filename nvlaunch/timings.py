@@ -28,6 +28,12 @@ class Timings:
         self.phases.append((phase, (now - self._last) / 1e6))
         self._last = now
 
+    def report_end(self, phase: str) -> None:
+        """One `nvlaunch-timings-end:` line: the time since the last mark, as `phase`."""
+        self.phases = []
+        self.mark(phase)
+        self.report("nvlaunch-timings-end")
+
     def report(self, prefix: str = "nvlaunch-timings") -> None:
         # JSON written by hand: importing json would add its own cost to what is measured
         body = ", ".join(f'"{name}": {ms:.3f}' for name, ms in self.phases)

@@ -1,6 +1,8 @@
 """Build nvlaunch and its syscall core (nvlaunch._ns, from nvlaunch/_ns.pyx, Cython 3)."""
 from setuptools import Extension, setup
 
+PACKAGES = ("core", "host", "plan", "kernel", "exec", "render", "oci", "frontends", "setup", "cli")
+
 try:
     from Cython.Build import cythonize
     ext = cythonize([Extension("nvlaunch._ns", ["nvlaunch/_ns.pyx"])],
@@ -12,7 +14,7 @@ setup(
     name="nvlaunch",
     version="0.1.0",
     description="NVIDIA GPUs for Linux containers, rootless, for any runtime",
-    packages=["nvlaunch"],
+    packages=["nvlaunch"] + [f"nvlaunch.{p}" for p in PACKAGES],
     package_data={"nvlaunch": ["_ns.pyi", "py.typed"]},
     ext_modules=ext,
     python_requires=">=3.10",

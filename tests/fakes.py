@@ -1,4 +1,4 @@
-"""A recording fake of nvlaunch.kernel.RealKernel for call-sequence unit tests.
+"""A recording fake of nvlaunch.kernel.real.RealKernel for call-sequence unit tests.
 
 Mount-type calls are recorded, not made; openat2 answers ENOSYS so the pure-Python
 in-root resolver is what gets exercised; `fail_on(name, n, errno)` makes the n-th call

@@ -67,7 +67,7 @@ def ldcache_command_wired():
     r = subprocess.run([sys.executable, "-m", "nvlaunch", "ldcache", "--help"],
                        capture_output=True, text=True, env={"PYTHONPATH": REPO, "PATH": "/usr/bin:/bin"})
     if "usage: nvlaunch ldcache" not in r.stdout:
-        pytest.fail("`nvlaunch ldcache` does not reach nvlaunch.cdi_hook.cmd_ldcache "
+        pytest.fail("`nvlaunch ldcache` does not reach nvlaunch.frontends.ldcache_hook.cmd_ldcache "
                     "(cli.COMMANDS['ldcache']): " + r.stderr.strip())
 
 
@@ -99,7 +99,7 @@ class SpecFile:
                             pytest.skip(f"{p} already declares {self.spec['kind']}: "
                                         "podman would refuse the duplicated devices")
         self.path = os.path.join(SPEC_DIR, f"nvlaunch-test-{os.getpid()}-{uuid.uuid4().hex[:8]}.json")
-        from nvlaunch.cdi import write_atomic
+        from nvlaunch.frontends.cdi import write_atomic
         write_atomic(self.path, json.dumps(self.spec, indent=1))
         return self
 

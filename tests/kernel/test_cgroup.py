@@ -22,16 +22,16 @@ import traceback
 
 import pytest
 
-from nvlaunch import bpf
-from nvlaunch.cgroup import (
+from nvlaunch.plan import bpf
+from nvlaunch.exec.cgroup import (
     CgroupTarget, allow_devices, find_cgroup, load_device_program, needs_cgroup_rules,
     parse_mountinfo, parse_proc_cgroup,
 )
-from nvlaunch.consts import (
+from nvlaunch.core.consts import (
     BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI, BPF_F_REPLACE, BPF_PROG_TYPE_CGROUP_DEVICE,
 )
-from nvlaunch.devices import DeviceRule
-from nvlaunch.errors import CgroupError
+from nvlaunch.plan.devices import DeviceRule
+from nvlaunch.core.errors import CgroupError
 
 GPU0 = DeviceRule("c", 195, 0, "rw")
 NULL = DeviceRule("c", 1, 3, "rwm")
@@ -491,7 +491,7 @@ def v2_cgroup():
 
 def _attach_runtime_program(path, fds):
     """What runc/crun do: a default-deny program allowing /dev/null, ALLOW_MULTI."""
-    from nvlaunch.kernel import REAL
+    from nvlaunch.kernel.real import REAL
     prog = bpf.compile_rules([NULL], default_allow=False)
     cg_fd = os.open(path, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
     fds.append(cg_fd)
@@ -502,7 +502,7 @@ def _attach_runtime_program(path, fds):
 
 
 def _attached(cg_fd):
-    from nvlaunch.kernel import REAL
+    from nvlaunch.kernel.real import REAL
     return REAL.bpf_prog_query(cg_fd, BPF_CGROUP_DEVICE, 64)
 
 
@@ -623,7 +623,7 @@ def test_real_verifier_accepts_our_programs_and_dumps_them_back_unchanged():
     # prepend_rules() relies on the xlated dump of a device filter being loadable as is:
     # cgroup device programs have no ctx rewriting (cg_dev_verifier_ops has no
     # convert_ctx_access, kernel/bpf/cgroup.c), so the dump equals what was loaded.
-    from nvlaunch.kernel import REAL
+    from nvlaunch.kernel.real import REAL
     rules = [NULL, DeviceRule("c", 195, None, "rw"), DeviceRule("b", None, None, "m"),
              DeviceRule("c", 195, 1, "rwm", allow=False)]
     first = bpf.compile_rules(rules)

@@ -15,8 +15,8 @@ pytestmark = requires_root
 SCRIPT = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {repo!r})
-    from nvlaunch.inject import inject
-    from nvlaunch.plan import Plan, BindFile, Symlink
+    from nvlaunch.exec.inject import inject
+    from nvlaunch.plan.records import Plan, BindFile, Symlink
     lib, root = sys.argv[1], sys.argv[2]
     dst = "/usr/lib/x86_64-linux-gnu/libfake.so.1.2"
     inject(Plan(entries=(BindFile(lib, dst), Symlink("libfake.so.1.2", "/usr/lib/x86_64-linux-gnu/libfake.so.1"))), root)

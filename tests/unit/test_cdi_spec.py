@@ -31,8 +31,8 @@ def fake(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def spec(fake):
-    from nvlaunch.cdi import build_spec
-    from nvlaunch.host import HostView
+    from nvlaunch.frontends.cdi import build_spec
+    from nvlaunch.host.view import HostView
     return build_spec(HostView.from_env(environ=fake.env()))
 
 
@@ -173,8 +173,8 @@ def test_hook_has_explicit_env_and_the_ldcache_work(spec):
 
 
 def test_hook_path_option(fake):
-    from nvlaunch.cdi import build_spec
-    from nvlaunch.host import HostView
+    from nvlaunch.frontends.cdi import build_spec
+    from nvlaunch.host.view import HostView
     spec = build_spec(HostView.from_env(environ=fake.env()), hook_path="/usr/local/bin/nvlaunch")
     hook = spec["containerEdits"]["hooks"][0]
     assert hook["path"] == "/usr/local/bin/nvlaunch"
@@ -216,7 +216,7 @@ def test_cli_output_is_atomic_and_0644(fake, tmp_path):
 
 
 def test_write_atomic_failure_keeps_the_old_file(tmp_path):
-    from nvlaunch.cdi import write_atomic
+    from nvlaunch.frontends.cdi import write_atomic
     out = tmp_path / "spec.json"
     out.write_text("old\n")
     with pytest.raises(TypeError):
@@ -248,7 +248,7 @@ def test_cdi_list(fake):
 
 
 def test_setup_cdi(fake, tmp_path, capsys, monkeypatch):
-    from nvlaunch.cdi import setup_cdi
+    from nvlaunch.frontends.cdi import setup_cdi
     for k, v in fake.env().items():
         monkeypatch.setenv(k, v)
     target = tmp_path / "cdi" / "nvidia.json"
@@ -264,8 +264,8 @@ def test_setup_cdi(fake, tmp_path, capsys, monkeypatch):
 def test_mig_devices(tmp_path):
     """A GPU with MIG instances: one device per MIG device ("G:M"), with the parent's
     node and the GI and CI nvidia-cap nodes (minors from proc/driver/nvidia-caps/mig-minors)."""
-    from nvlaunch.cdi import build_spec
-    from nvlaunch.host import HostView
+    from nvlaunch.frontends.cdi import build_spec
+    from nvlaunch.host.view import HostView
     from tests.fakehost import MAJOR_CAPS
     fh = build_fake_host(str(tmp_path / "host"), gpus=2)
     if not fh.real_nodes:
@@ -304,8 +304,8 @@ def _rootfs(tmp_path):
 
 
 def test_ldcache_hook_links_cache_and_conf(tmp_path):
-    from nvlaunch import ldcache
-    from nvlaunch.cdi_hook import apply
+    from nvlaunch.host import ldcache
+    from nvlaunch.frontends.ldcache_hook import apply
     root = _rootfs(tmp_path)
     libdir = root / "usr/local/nvidia/lib64"
     libdir.mkdir(parents=True)
@@ -328,7 +328,7 @@ def test_ldcache_hook_links_cache_and_conf(tmp_path):
 def test_ldcache_hook_stays_inside_the_rootfs(tmp_path):
     """An image whose /usr/local is an absolute symlink to a host path, and whose /etc is
     a relative one climbing out: both resolve inside the rootfs."""
-    from nvlaunch.cdi_hook import apply
+    from nvlaunch.frontends.ldcache_hook import apply
     outside = tmp_path / "outside"
     outside.mkdir()
     root = tmp_path / "rootfs"
@@ -345,7 +345,7 @@ def test_ldcache_hook_stays_inside_the_rootfs(tmp_path):
 
 
 def test_ldcache_hook_reads_the_oci_state(tmp_path):
-    from nvlaunch.cdi_hook import rootfs_from_state
+    from nvlaunch.frontends.ldcache_hook import rootfs_from_state
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "config.json").write_text(json.dumps({"root": {"path": "rootfs"}}))
@@ -353,15 +353,15 @@ def test_ldcache_hook_reads_the_oci_state(tmp_path):
              "bundle": str(bundle)}
     assert rootfs_from_state(json.dumps(state)) == str(bundle / "rootfs")
     assert rootfs_from_state(json.dumps({**state, "root": "/crun/root"})) == "/crun/root"
-    from nvlaunch.errors import UsageError
+    from nvlaunch.core.errors import UsageError
     for bad in ("", "[]", json.dumps({**state, "bundle": "rel"})):
         with pytest.raises(UsageError):
             rootfs_from_state(bad)
 
 
 def test_ldcache_hook_refuses_the_host_root():
-    from nvlaunch.cdi_hook import apply
-    from nvlaunch.errors import ContainerPathError
+    from nvlaunch.frontends.ldcache_hook import apply
+    from nvlaunch.core.errors import ContainerPathError
     with pytest.raises(ContainerPathError):
         apply("/", [], [("libx.so.1", "/usr/lib/libx.so.1", False)])
 
@@ -378,8 +378,8 @@ def test_ldcache_cli(tmp_path):
     cmd = [sys.executable, "-m", "nvlaunch", "ldcache"]
     r = subprocess.run(cmd + ["--help"], capture_output=True, text=True, env=env, cwd="/")
     if "usage: nvlaunch ldcache" not in r.stdout:
-        pytest.fail("`nvlaunch ldcache` does not reach nvlaunch.cdi_hook.cmd_ldcache: "
-                    "cli.COMMANDS['ldcache'] must be _lazy('nvlaunch.cdi_hook', 'cmd_ldcache')\n"
+        pytest.fail("`nvlaunch ldcache` does not reach nvlaunch.frontends.ldcache_hook.cmd_ldcache: "
+                    "cli.COMMANDS['ldcache'] must be _lazy('nvlaunch.frontends.ldcache_hook', 'cmd_ldcache')\n"
                     + r.stderr)
     r = subprocess.run(cmd + ["--link", "libfoo.so.1.2::/usr/lib/x86_64-linux-gnu/libfoo.so.1",
                               "--lib", "libfoo.so.1::/usr/lib/x86_64-linux-gnu/libfoo.so.1"],

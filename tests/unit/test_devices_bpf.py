@@ -1,7 +1,7 @@
 """DeviceRule rendering and the eBPF device-filter assembler, without a kernel.
 
 Two checks in the manner of runc's devicefilter_test.go and youki's program.rs: a golden
-disassembly, and the interpreter in nvlaunch.bpf run over a type x major x minor x
+disassembly, and the interpreter in nvlaunch.plan.bpf run over a type x major x minor x
 access grid against a plain-Python statement of the rules ("first match decides").
 """
 import itertools
@@ -10,12 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from nvlaunch import bpf
-from nvlaunch.consts import (
+from nvlaunch.plan import bpf
+from nvlaunch.core.consts import (
     BPF_DEVCG_ACC_MKNOD as M, BPF_DEVCG_ACC_READ as R, BPF_DEVCG_ACC_WRITE as W,
     BPF_DEVCG_DEV_BLOCK as BLK, BPF_DEVCG_DEV_CHAR as CHR,
 )
-from nvlaunch.devices import DeviceRule, access_mask, parse_v1_line, rules_for_nodes
+from nvlaunch.plan.devices import DeviceRule, access_mask, parse_v1_line, rules_for_nodes
 
 ALLOW, DENY = 1, 0
 

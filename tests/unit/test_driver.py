@@ -1,4 +1,4 @@
-"""Driver discovery (nvlaunch.driver, nvlaunch.elf) against the fake host of tests/fakehost.py.
+"""Driver discovery (nvlaunch.host.driver, nvlaunch.host.elf) against the fake host of tests/fakehost.py.
 
 The fake host is shaped like the reference H200 host: the first ld cache entry for
 libcuda.so.1 is the CUDA compat decoy (580.95.05), every driver library has a second
@@ -11,10 +11,11 @@ import struct
 
 import pytest
 
-from nvlaunch import driver as drv
-from nvlaunch import elf, ldcache
-from nvlaunch.errors import DiscoveryError, UsageError
-from nvlaunch.host import HostView
+from nvlaunch.host import driver as drv
+from nvlaunch.host import elf
+from nvlaunch.host import ldcache
+from nvlaunch.core.errors import DiscoveryError, UsageError
+from nvlaunch.host.view import HostView
 from tests.fakehost import build_fake_host
 
 VERSION = "580.159.04"
@@ -541,10 +542,10 @@ def test_system_libs_follow_needed_through_the_ld_cache(fake, host):
 
 
 def test_plan_settles_system_libs_per_rootfs(fake, host, tmp_path):
-    from nvlaunch.build import build_plan
-    from nvlaunch.plan import IF_ABSENT, REQUIRED, settle_absent
-    from nvlaunch.request import Request
-    from nvlaunch.rootfs import libraries_present
+    from nvlaunch.plan.build import build_plan
+    from nvlaunch.plan.records import IF_ABSENT, REQUIRED, settle_absent
+    from nvlaunch.plan.request import Request
+    from nvlaunch.exec.inroot import libraries_present
     plan = build_plan(Request("0", "compute,utility"), host)
     conditional = [e for e in plan.entries if getattr(e, "policy", None) == IF_ABSENT]
     assert {os.path.basename(e.dst) for e in conditional} == {"libm.so.6", "libpthread.so.0"}

@@ -1,4 +1,4 @@
-"""GPU enumeration and --gpus / NVIDIA_VISIBLE_DEVICES selection (nvlaunch.gpus).
+"""GPU enumeration and --gpus / NVIDIA_VISIBLE_DEVICES selection (nvlaunch.host.gpus).
 
 Most cases use hand-made /proc trees (fast, and free to have shared UUID prefixes, odd
 bus ids and MIG devices); one checks the fake host of tests/fakehost.py.
@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from nvlaunch import gpus as G
-from nvlaunch.errors import DiscoveryError, SelectionError
-from nvlaunch.host import HostView
+from nvlaunch.host import gpus as G
+from nvlaunch.core.errors import DiscoveryError, SelectionError
+from nvlaunch.host.view import HostView
 from tests.fakehost import build_fake_host, information_text, mig_minors_text, FakeGpu
 
 UUID_A = "GPU-ec1c5bba-ae21-942b-3385-24458321be50"

@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from nvlaunch import consts as C
-from nvlaunch.errors import MountError
-from nvlaunch.inject import inject
-from nvlaunch.plan import BindDevice, BindFile, Plan, Symlink
+from nvlaunch.core import consts as C
+from nvlaunch.core.errors import MountError
+from nvlaunch.exec.inject import inject
+from nvlaunch.plan.records import BindDevice, BindFile, Plan, Symlink
 from tests.conftest import tree_snapshot
 from tests.fakes import FakeKernel
 

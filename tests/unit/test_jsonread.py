@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from nvlaunch import jsonread
+from nvlaunch.core import jsonread
 
 DOCS = ['{"ociVersion": "1.0.2", "id": "c1", "pid": 42, "bundle": "/b", "annotations": {}}',
         '  [1, -2.5e3, "x\\u00e9\\n", true, false, null, {"a": {"b": []}}]\n',

@@ -1,4 +1,4 @@
-"""nvlaunch.ldcache against this machine's glibc: caches written by the real ldconfig,
+"""nvlaunch.host.ldcache against this machine's glibc: caches written by the real ldconfig,
 read back by `ldconfig -p` and by the real dynamic loader (in a chroot).
 
 Libraries are real ELF files made with gcc/ld; nothing is mocked.  Needs gcc, ld and
@@ -17,8 +17,8 @@ from functools import cmp_to_key
 
 import pytest
 
-from nvlaunch import ldcache
-from nvlaunch.ldcache import (
+from nvlaunch.host import ldcache
+from nvlaunch.host.ldcache import (
     FLAG_AARCH64_LIB64, FLAG_ELF, FLAG_ELF_LIBC6, FLAG_I386, FLAG_POWERPC_LIB64,
     FLAG_X8664_LIB64, FLAG_X8664_LIBX32, HWCAP_EXTENSION, CacheEntry, LdCacheError,
     build, by_key, flag_string, libcmp, load, lookup, parse, sort_key,

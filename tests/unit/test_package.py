@@ -25,16 +25,16 @@ def _python(cwd, code, pythonpath=None):
 
 def test_an_unbuilt_checkout_runs_the_installed_copy(tmp_path):
     cwd = _unbuilt_checkout(tmp_path)
-    r = _python(cwd, "import sys; sys.path.insert(0, ''); import nvlaunch, nvlaunch.kernel; "
-                     "print(nvlaunch.kernel.__file__)", pythonpath=REPO)
+    r = _python(cwd, "import sys; sys.path.insert(0, ''); import nvlaunch, nvlaunch.kernel.real; "
+                     "print(nvlaunch.kernel.real.__file__)", pythonpath=REPO)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == os.path.join(REPO, "nvlaunch", "kernel.py")
 
 
 def test_an_unbuilt_checkout_alone_says_how_to_build(tmp_path):
     cwd = _unbuilt_checkout(tmp_path)
-    code = ("import sys; sys.path.insert(0, ''); from nvlaunch.errors import NvlaunchError\n"
-            "try:\n    import nvlaunch.kernel\nexcept NvlaunchError as e:\n    print(e)")
+    code = ("import sys; sys.path.insert(0, ''); from nvlaunch.core.errors import NvlaunchError\n"
+            "try:\n    import nvlaunch.kernel.real\nexcept NvlaunchError as e:\n    print(e)")
     r = _python(cwd, code)
     assert r.returncode == 0, r.stderr
     assert "nvlaunch._ns is not built" in r.stdout and "build_ext --inplace" in r.stdout

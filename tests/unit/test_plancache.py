@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from nvlaunch import plancache
-from nvlaunch.build import build_plan
-from nvlaunch.host import HostView
-from nvlaunch.request import Request
+from nvlaunch.plan import cache as plancache
+from nvlaunch.plan.build import build_plan
+from nvlaunch.host.view import HostView
+from nvlaunch.plan.request import Request
 from tests.fakehost import build_fake_host
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fake host needs mknod")

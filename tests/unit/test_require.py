@@ -1,8 +1,8 @@
-"""NVIDIA_REQUIRE_* / NVIDIA_DISABLE_REQUIRE (nvlaunch.require), reference 1.3."""
+"""NVIDIA_REQUIRE_* / NVIDIA_DISABLE_REQUIRE (nvlaunch.plan.require), reference 1.3."""
 import pytest
 
-from nvlaunch import require as R
-from nvlaunch.errors import RequirementError
+from nvlaunch.plan import require as R
+from nvlaunch.core.errors import RequirementError
 
 DRIVER = "580.159.04"
 CUDA_MSG = ("please update your driver to a newer version, or use an earlier cuda container")

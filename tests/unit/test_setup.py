@@ -11,8 +11,10 @@ import sys
 
 import pytest
 
-from nvlaunch import oci_hook, runtime_shim, setup_cmd
-from nvlaunch.errors import NvlaunchError, UsageError
+from nvlaunch.frontends import oci_hook
+from nvlaunch.frontends import runtime_shim
+from nvlaunch.setup import command as setup_cmd
+from nvlaunch.core.errors import NvlaunchError, UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOOK = "/usr/local/bin/nvlaunch"
@@ -368,7 +370,7 @@ def _script_copy(tmp_path, first_line: str) -> str:
 
 
 def test_hook_entry_runs_the_script_with_python_S(tmp_path):
-    from nvlaunch.runtime_shim import hook_command, hook_entry, is_nvlaunch_hook
+    from nvlaunch.frontends.runtime_shim import hook_command, hook_entry, is_nvlaunch_hook
     script = _script_copy(tmp_path, "#!/usr/bin/python3")
     assert hook_command(script) == ("/usr/bin/python3", ["/usr/bin/python3", "-S", script])
     entry = hook_entry(script, ["PATH=/bin"])

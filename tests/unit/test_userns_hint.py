@@ -1,5 +1,5 @@
 """The error hint for hosts that restrict unprivileged user namespaces names the fix."""
-from nvlaunch import launch
+from nvlaunch.exec import launch
 
 
 def test_hint_names_the_setting(tmp_path, monkeypatch):

@@ -1,0 +1,3 @@
+from nvlaunch.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,201 @@
+"""Apply a Plan to a container rootfs in place: the executor of the hooks.
+
+The caller has already entered the container's mount namespace (and user namespace,
+for a rootless runtime); the rootfs is still a plain directory (before pivot_root).
+Everything is done through an O_PATH fd of the rootfs: mount points are created with
+make_in_root, opened with open_in_root, and mounted on `/proc/self/fd/N`, so no symlink
+in the (hostile) rootfs can send a mount or a file onto the host.  What this creates in
+the rootfs is removed again if a later step fails; mounts die with the container's
+mount namespace, which the runtime tears down when the hook fails.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from nvlaunch.core import consts as C
+from nvlaunch.core import errors as E
+from nvlaunch.plan.records import (BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile, bind_flags,
+                           source_usable)
+from nvlaunch.exec.inroot import make_in_root, open_in_root, resolve_in_root
+
+
+class Injector:
+    """Applies plan entries under one rootfs fd; remembers what it created."""
+
+    def __init__(self, kernel, rootfs: str):
+        self.kernel = kernel
+        self.rootfs = rootfs
+        self.rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.created: list[str] = []     # container paths this run created, in order
+        self.mounted: list[str] = []     # container paths this run mounted on, in order
+        self.dirs: dict = {}             # parent path -> O_PATH fd, for make_in_root
+        self.canon: dict = {}            # parent path -> its canonical path in the root
+
+    def close(self) -> None:
+        for fd in self.dirs.values():
+            os.close(fd)
+        self.dirs.clear()
+        os.close(self.rootfd)
+
+    def _exists(self, path: str) -> bool:
+        try:
+            os.close(open_in_root(self.kernel, self.rootfd, path, os.O_PATH | os.O_NOFOLLOW))
+            return True
+        except OSError:
+            return False
+
+    def make(self, path: str, kind: str, mode: int = 0o755, target: str | None = None) -> None:
+        # Record every missing ancestor too, so an undo removes the whole new branch.
+        # Work on the canonical path (links resolved inside the root), so that what a
+        # link in the rootfs made us create is recorded too, and undo needs no links.
+        # The leaf is created by name in its parent (a link there is replaced, never
+        # followed), so its canonical path is the parent's plus the name.
+        root = self.rootfs.rstrip("/")
+        parent, _, name = path.rstrip("/").rpartition("/")
+        missing = []
+        cparent = self.canon.get(parent)
+        if cparent is None:
+            cparent = resolve_in_root(self.rootfs, parent or "/")
+            p = cparent
+            while p not in ("", "/") and not os.path.lexists(root + p):
+                missing.append(p)
+                p = p.rpartition("/")[0]
+        leaf = cparent.rstrip("/") + "/" + name
+        if not os.path.lexists(root + leaf):
+            missing.insert(0, leaf)
+        make_in_root(self.kernel, self.rootfd, path, kind, mode, target, self.dirs)
+        self.canon[parent] = cparent
+        self.created.extend(reversed(missing))
+
+    def mount_on(self, path: str, source: str | None, fstype: str | None, flags: int,
+                 data: str | None = None, bind: bool = False, shown_source: str | None = None):
+        fd = open_in_root(self.kernel, self.rootfd, path, os.O_PATH)
+        try:
+            if not bind:
+                self.kernel.mount(source, f"/proc/self/fd/{fd}", fstype, flags, data)
+                self.mounted.append(path)
+                return
+            self.kernel.bind_mount(source, f"/proc/self/fd/{fd}", flags & C.MS_REC)
+            self.mounted.append(path)
+            if flags & ~C.MS_REC:
+                # The fd still names the inode under the new mount: reopen the path,
+                # which now leads to the mount's root, and remount that.
+                os.close(fd)
+                fd = open_in_root(self.kernel, self.rootfd, path, os.O_PATH)
+                self.kernel.remount_bind(f"/proc/self/fd/{fd}", flags)
+        except OSError as err:
+            raise E.MountError("bind" if bind else "mount", shown_source or source, path,
+                               C.flags_str(flags | (C.MS_BIND if bind else 0)), err) from err
+        finally:
+            os.close(fd)
+
+    def undo(self) -> None:
+        """Detach what mount_on() mounted, then remove what make() created, newest first.
+        The container's mount namespace is still alive here (the runtime tears it down
+        only after the hook failed), so a mount point must be unmounted before it can go."""
+        for path in reversed(self.mounted):
+            try:
+                fd = open_in_root(self.kernel, self.rootfd, path, os.O_PATH)
+            except OSError:
+                continue
+            try:
+                self.kernel.umount2(f"/proc/self/fd/{fd}", C.MNT_DETACH)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        self.mounted.clear()
+        for path in reversed(self.created):
+            parent, _, name = path.rpartition("/")
+            try:
+                pfd = open_in_root(self.kernel, self.rootfd, parent or "/", os.O_PATH | os.O_DIRECTORY)
+            except OSError:
+                continue
+            try:
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    os.rmdir(name, dir_fd=pfd)
+                else:
+                    os.unlink(name, dir_fd=pfd)
+            except OSError:
+                pass
+            finally:
+                os.close(pfd)
+        self.created.clear()
+
+
+def inject(plan: Plan, rootfs: str, kernel=None) -> Injector:
+    """Apply `plan` under `rootfs` (already in the container's mount namespace).
+    Returns the Injector (its .created says what was made); undoes and raises on error."""
+    if kernel is None:
+        from nvlaunch.kernel.real import REAL as kernel
+    inj = Injector(kernel, rootfs)
+    try:
+        for entry in plan.entries:
+            _apply(inj, entry)
+        if plan.ldcache:
+            from nvlaunch.exec.ldcache_writer import write_in_root
+            write_in_root(kernel, inj.rootfd, plan.ldcache)
+        return inj
+    except BaseException:
+        inj.undo()
+        raise
+    finally:
+        inj.close()
+
+
+def _apply(inj: Injector, entry) -> None:
+    if isinstance(entry, (BindFile, BindDevice, BindDir)):
+        if not source_usable(entry, entry.src):
+            return
+        is_dir = isinstance(entry, BindDir) and os.path.isdir(entry.src)
+        inj.make(entry.dst, "dir" if is_dir else "file", 0o755 if is_dir else 0o644)
+        inj.mount_on(entry.dst, entry.src, None, bind_flags(entry), bind=True)
+    elif isinstance(entry, Symlink):
+        inj.make(entry.link, "link", target=entry.target)
+    elif isinstance(entry, Tmpfs):
+        _tmpfs(inj, entry)
+    elif isinstance(entry, WriteFile):
+        parent, _, name = entry.dst.rpartition("/")
+        inj.make(parent, "dir")
+        pfd = open_in_root(inj.kernel, inj.rootfd, parent, os.O_PATH | os.O_DIRECTORY)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         entry.mode, dir_fd=pfd)
+            with os.fdopen(fd, "wb") as f:
+                f.write(entry.data)
+        finally:
+            os.close(pfd)
+    else:
+        raise TypeError(f"unknown plan entry {entry!r}")
+
+
+def _tmpfs(inj: Injector, entry: Tmpfs) -> None:
+    """A tmpfs at entry.dst.  Under /proc nothing can be created, so where the directory
+    does not exist (a host without /proc/driver/nvidia, e.g. a test tree) the tmpfs goes
+    on the nearest existing ancestor and the rest is made inside it."""
+    where, missing = entry.dst, []
+    while not inj._exists(where):
+        where, _, name = where.rpartition("/")
+        missing.insert(0, name)
+        if not where:
+            raise E.ContainerPathError(f"{entry.dst}: no parent directory in the container")
+    if where == "/proc" or (not where.startswith("/proc/") and missing):
+        # never cover all of /proc; outside /proc just create the directory normally
+        if where == "/proc":
+            raise E.ContainerPathError(f"{entry.dst}: /proc/driver is missing in the container")
+        inj.make(entry.dst, "dir")
+        where, missing = entry.dst, []
+    inj.mount_on(where, "tmpfs", "tmpfs", C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC,
+                 "mode=0755" if missing else entry.options)
+    for name in missing:
+        where += "/" + name
+        try:
+            os.mkdir(os.path.join(f"/proc/self/fd/{inj.rootfd}", where.lstrip("/")), 0o555)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            if err.errno != errno.EEXIST:
+                raise

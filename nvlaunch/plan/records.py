@@ -1,0 +1,134 @@
+"""The injection plan: plain immutable data that every front end applies the same way.
+
+`build_plan(request, host)` (pure: it reads the host, never changes anything) turns a
+Request into a Plan: which device nodes, files and links a container gets, and the
+environment it sees.  Container paths in the plan are absolute paths *inside* the
+container; host paths are real paths on this machine (already under the host roots).
+The front ends (launch.py for `run`, oci_hook.py, lxc_hook.py, cdi.py) decide how:
+`run` creates mount points in a private tmpfs layer, the hooks inside the container's
+rootfs, and the CDI spec turns the same records into containerEdits.
+"""
+from __future__ import annotations
+
+from nvlaunch.core import consts as C
+from nvlaunch.core.records import record
+
+# How the executor treats a host source that is missing at apply time (Charliecloud's
+# BD_REQUIRED / BD_OPTIONAL): driver files differ between driver versions.
+REQUIRED = "required"
+OPTIONAL = "optional"
+# A host system library the driver needs (libm.so.6, ...): bound only into a container
+# that has no library of that soname, so it never shadows the container's own.  Settled
+# per rootfs by settle_absent() before a plan is applied.
+IF_ABSENT = "if-absent"
+
+
+@record
+class BindFile:
+    """Bind a host file (library, binary, firmware, config) onto a container path."""
+    src: str
+    dst: str
+    readonly: bool = True
+    policy: str = REQUIRED
+
+
+@record
+class BindDir:
+    """Bind a host directory (or socket) onto a container path."""
+    src: str
+    dst: str
+    readonly: bool = True
+    recursive: bool = True
+    policy: str = REQUIRED
+
+
+@record
+class BindDevice:
+    """Bind a host device node; major/minor are what the cgroup rule allows."""
+    src: str
+    dst: str
+    major: int
+    minor: int
+
+
+@record
+class Symlink:
+    """Create `link` (container path) pointing at `target` (relative or absolute)."""
+    target: str
+    link: str
+
+
+@record
+class WriteFile:
+    """A file whose content nvlaunch makes (ld.so.cache, the /proc/driver/nvidia copies)."""
+    dst: str
+    data: bytes
+    mode: int = 0o644
+
+
+@record
+class Tmpfs:
+    """A fresh tmpfs (e.g. over /proc/driver/nvidia)."""
+    dst: str
+    options: str = "mode=0555"
+
+
+@record
+class Plan:
+    """What a container gets.  `entries` are applied in order; `devices` is what the cgroup
+    rules must allow; `env` is added to the container's environment; `libdir` is where
+    libraries went (the ld cache names it); `ldcache` lists (soname, container path)
+    pairs the container's ld.so.cache must hold."""
+    entries: tuple = ()
+    devices: tuple = ()
+    env: tuple = ()
+    libdir: str | None = None
+    ldcache: tuple = ()
+    notes: tuple = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.entries and not self.env
+
+
+def bind_flags(entry) -> int:
+    """The mount flags of a bind record, the same in every executor: device nodes
+    nosuid,noexec (and not nodev, or they could not be opened); files and directories
+    nosuid,nodev, read-only unless asked otherwise, directories recursively."""
+    if isinstance(entry, BindDevice):
+        return C.MS_NOSUID | C.MS_NOEXEC
+    flags = C.MS_NOSUID | C.MS_NODEV | (C.MS_RDONLY if entry.readonly else 0)
+    if isinstance(entry, BindDir) and entry.recursive:
+        flags |= C.MS_REC
+    return flags
+
+
+def source_usable(entry, path: str) -> bool:
+    """Whether a bind's source (seen at `path`) is there; a missing OPTIONAL source is
+    skipped (False), a missing REQUIRED one is an error."""
+    import os
+    if os.path.exists(path):
+        return True
+    if getattr(entry, "policy", REQUIRED) == OPTIONAL:
+        return False
+    from nvlaunch.core.errors import DiscoveryError
+    raise DiscoveryError(f"{entry.src}: driver file missing")
+
+
+def settle_absent(plan: "Plan", present) -> "Plan":
+    """`plan` for one rootfs: each IF_ABSENT library whose soname `present(names)` reports
+    in the container is dropped (with its ld cache line), the others become REQUIRED."""
+    absent = [e for e in plan.entries if getattr(e, "policy", None) == IF_ABSENT]
+    if not absent:
+        return plan
+    there = present([e.dst.rpartition("/")[2] for e in absent])
+    entries, dropped = [], set()
+    for e in plan.entries:
+        if getattr(e, "policy", None) == IF_ABSENT:
+            if e.dst.rpartition("/")[2] in there:
+                dropped.add(e.dst)
+                continue
+            e = e._replace(policy=REQUIRED)
+        entries.append(e)
+    return plan._replace(entries=tuple(entries),
+                         ldcache=tuple(p for p in plan.ldcache if p[1] not in dropped))

@@ -701,7 +701,7 @@ from nvlaunch.exec.launch import RunConfig, run
 from nvlaunch.plan.records import Plan
 from nvlaunch.plan.request import Request
 from nvlaunch.plan.build import build_plan
-from nvlaunch.exec.inroot import container_libdir
+from nvlaunch.host.container import container_libdir
 from nvlaunch.host.view import HostView
 t2 = time.monotonic_ns()
 host = HostView.from_env()
@@ -716,7 +716,7 @@ try:
     from nvlaunch.plan import cache as plancache
     libdir = container_libdir(sys.argv[1])
     req = Request(gpus="all", capabilities="all", env=())
-    plancache.store(plancache.key(host, req, libdir), plan)
+    plancache.cached_plan(req, host, libdir)          # stores it (a miss) or finds it
     t6 = time.monotonic_ns()
     hit = plancache.load(plancache.key(host, req, libdir))
     cached = (time.monotonic_ns() - t6) / 1e6 if hit is not None else None

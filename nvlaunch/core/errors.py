@@ -16,10 +16,13 @@ EXIT_NOTFOUND = 127   # command not found
 class NvlaunchError(Exception):
     """Base of every error nvlaunch reports to a user."""
     exit_code = EXIT_SETUP
+    errno: int | None = None     # the OSError's errno this error came from, kept end to end
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, errno: int | None = None):
         super().__init__(message)
         self.hint = hint
+        if errno is not None:
+            self.errno = errno
 
     def __str__(self) -> str:
         msg = super().__str__()
@@ -83,34 +86,81 @@ class ExecError(NvlaunchError):
         super().__init__(msg)
 
 
+def os_message(err: OSError) -> str:
+    """An OSError as `FILE: strerror` (`FILE -> FILE2: ...` for a two-path error)."""
+    where = ""
+    if err.filename is not None:
+        where = os_path(err.filename)
+        if err.filename2 is not None:
+            where += " -> " + os_path(err.filename2)
+        where += ": "
+    return where + (err.strerror or str(err))
+
+
+def os_path(path) -> str:
+    """A path for a message: bytes decoded with replacement, never a repr."""
+    if isinstance(path, bytes):
+        return path.decode("utf-8", "replace")
+    return str(path)
+
+
+def wrap(err: OSError, cls: type[NvlaunchError] | None = None, context: str | None = None,
+         op: str | None = None) -> "NvlaunchError":
+    """The domain error for an OSError: `cls` (NvlaunchError by default) with the
+    message `CONTEXT: FILE: strerror`, the errno kept, and the hint of (errno, op)."""
+    msg = os_message(err)
+    return (cls or NvlaunchError)(f"{context}: {msg}" if context else msg,
+                                  hint_for(err.errno, op), errno=err.errno)
+
+
 def describe(exc: BaseException) -> tuple[int, str]:
-    """(exit code, one-line message) for any exception, as the CLI reports it."""
+    """(exit code, one-line message) for any exception: the one place an exception
+    becomes the text of the `nvlaunch: error:` line (the CLI, PID 1, the injector)."""
     if isinstance(exc, NvlaunchError):
-        return exc.exit_code, str(exc)
+        return exc.exit_code, one_line(str(exc))
     if isinstance(exc, OSError):
-        return EXIT_SETUP, f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
-    return EXIT_SETUP, f"internal error: {type(exc).__name__}: {exc}"
+        return EXIT_SETUP, one_line(os_message(exc))
+    if isinstance(exc, UnicodeDecodeError):
+        return EXIT_SETUP, one_line(f"bad input: not valid UTF-8 ({exc.reason} at byte {exc.start})")
+    return EXIT_SETUP, one_line(f"internal error: {type(exc).__name__}: {exc}")
+
+
+def one_line(text: str) -> str:
+    """Line breaks folded, so that every failure stays one line."""
+    return " ".join(text.split("\n")).replace("\r", " ")
+
+
+def errno_of(exc: BaseException) -> int | None:
+    if isinstance(exc, NvlaunchError):
+        return exc.errno
+    if isinstance(exc, OSError):
+        return exc.errno
+    return None
 
 
 # Error records, for a failure in a process that nvlaunch forked (a container's PID 1, a
 # hook's injector) to reach the parent as one line: NUL-separated fields, so that no
 # module has to be imported to write one (after pivot_root, none can be).
+# Fields: exit code, errno (empty for none), message, traceback text.
 def pack_error(exc: BaseException, trace: bool = False) -> bytes:
     code, message = describe(exc)
+    num = errno_of(exc)
     text = ""
     if trace:
         import traceback   # callers that pass trace=True import it while they still can
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return "\0".join(str(f).replace("\0", " ") for f in (code, message, text)).encode(errors="replace")
+    fields = (code, "" if num is None else num, message, text)
+    return "\0".join(str(f).replace("\0", " ") for f in fields).encode(errors="replace")
 
 
 def unpack_error(record: bytes) -> tuple["NvlaunchError", str]:
-    """The error a record describes (with its exit code), and its traceback text."""
+    """The error a record describes (exit code and errno kept), and its traceback text."""
     fields = record.decode(errors="replace").split("\0")
-    if len(fields) != 3 or not fields[0].isdigit():
-        return NvlaunchError(record.decode(errors="replace").strip() or "setup failed"), ""
-    code, message, trace = fields
-    err = NvlaunchError(message)
+    if len(fields) != 4 or not (fields[0].isascii() and fields[0].isdigit()) \
+            or not (fields[1] == "" or (fields[1].isascii() and fields[1].isdigit())):
+        return NvlaunchError(one_line(record.decode(errors="replace").strip()) or "setup failed"), ""
+    code, num, message, trace = fields
+    err = NvlaunchError(message, errno=int(num) if num else None)
     err.exit_code = int(code)
     return err, trace
 
@@ -124,6 +174,11 @@ _HINTS = {
     (_errno.ENOSPC, "unshare"): "user.max_user_namespaces is exhausted or 0; raise it with sysctl",
     _errno.ENOSPC: "too many mounts? see /proc/sys/fs/mount-max",
     (_errno.EINVAL, "pivot_root"): "the new root must be a mount point on a private propagation tree",
+    (_errno.EPERM, "bpf"): "loading or attaching cgroup device programs needs CAP_SYS_ADMIN "
+    "(and CAP_BPF) in the initial user namespace; an LSM may also refuse it",
+    (_errno.EACCES, "bpf"): "an LSM (SELinux, AppArmor) or a locked-down kernel refused access",
+    (_errno.ENOENT, "bpf"): "the cgroup or one of its device programs went away meanwhile "
+    "(did the container exit, or its runtime update the rules?)",
 }
 
 

@@ -18,7 +18,8 @@ from nvlaunch.core import consts as C
 from nvlaunch.core import errors as E
 from nvlaunch.plan.records import (BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile, bind_flags,
                            source_usable)
-from nvlaunch.exec.inroot import make_in_root, open_in_root, resolve_in_root
+from nvlaunch.exec.inroot import make_in_root, open_in_root
+from nvlaunch.host.inroot import resolve_in_root
 
 
 class Injector:

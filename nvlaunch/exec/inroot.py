@@ -16,43 +16,7 @@ import stat
 
 from nvlaunch.core.consts import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS
 from nvlaunch.core.errors import ContainerPathError
-
-_MAX_LINKS = 40
-
-
-def resolve_in_root(root: str, path: str) -> str:
-    """The canonical path (relative to `root`, starting with "/") that `path` reaches inside
-    `root`, following the rootfs's symlinks as the container would.  Components that do
-    not exist yet are kept literally.  Never leaves the root: `..` stops at it and
-    absolute link targets restart at it."""
-    parts = [p for p in path.split("/") if p and p != "."]
-    done: list[str] = []
-    links = 0
-    while parts:
-        name = parts.pop(0)
-        if name == "..":
-            if done:
-                done.pop()
-            continue
-        here = root.rstrip("/") + "/" + "/".join(done + [name])
-        try:
-            st = os.lstat(here)
-        except FileNotFoundError:
-            return "/" + "/".join(done + [name] + [p for p in parts])
-        except NotADirectoryError:
-            raise ContainerPathError(f"{path}: not a directory inside the container") from None
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > _MAX_LINKS:
-                raise ContainerPathError(f"{path}: too many levels of symbolic links in the rootfs")
-            target = os.readlink(here)
-            if target.startswith("/"):
-                done = []
-            parts = [p for p in target.split("/") if p and p != "."] + parts
-            continue
-        done.append(name)
-    return "/" + "/".join(done)
-
+from nvlaunch.host.inroot import MAXSYMLINKS, resolve_in_root
 
 def open_in_root(kernel, rootfd: int, path: str, flags: int = os.O_PATH) -> int:
     """An fd for `path` resolved inside the root at `rootfd` (O_CLOEXEC always)."""
@@ -135,7 +99,7 @@ def mkdirs_in_root(kernel, rootfd: int, path: str, mode: int = 0o755, _depth: in
     """`mkdir -p` inside the root; returns an O_PATH|O_DIRECTORY fd of the last directory.
     A symlink on the way is followed inside the root (and its target created if missing),
     as `mkdir -p` in the container would."""
-    if _depth > _MAX_LINKS:
+    if _depth > MAXSYMLINKS:
         raise ContainerPathError(f"{path}: too many levels of symbolic links in the rootfs")
     fd = os.dup(rootfd)
     try:
@@ -178,46 +142,3 @@ def _open_dir_in(kernel, rootfd: int, dirfd: int, name: str, whole: str, depth: 
         return mkdirs_in_root(kernel, rootfd, resolve_in_root(root, dest), _depth=depth + 1)
 
 
-# Where a container keeps its libraries: Debian/Ubuntu multiarch, else the lib64 layout
-# (libnvidia-container decides on /etc/debian_version the same way).
-MULTIARCH_LIBDIR = "/usr/lib/x86_64-linux-gnu"
-LIB64_LIBDIR = "/usr/lib64"
-
-
-def container_libdir(root: str) -> str:
-    """The library directory of the rootfs at host path `root` (resolved inside it)."""
-    for probe in ("/etc/debian_version", MULTIARCH_LIBDIR, "/lib/x86_64-linux-gnu"):
-        if os.path.lexists(root.rstrip("/") + resolve_in_root(root, probe)):
-            return MULTIARCH_LIBDIR
-    return LIB64_LIBDIR
-
-
-# The dynamic loader's own search order when a name is not in its cache (ld.so(8)):
-# Debian's multiarch directories first, then the lib64 and plain defaults.
-DEFAULT_LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64",
-                    "/usr/lib64", "/lib", "/usr/lib")
-
-
-def libraries_present(root: str, names) -> set:
-    """Which of the library `names` the rootfs at host path `root` has: a non-empty file
-    (links followed inside the root) that its /etc/ld.so.cache names, or in a default
-    library directory.  Empty files do not count: they are the mount points a hook left
-    in a persistent rootfs on an earlier start (and the cache lines it wrote for them)."""
-    from nvlaunch.exec.ldcache_writer import container_cache
-    names = set(names)
-    found: set = set()
-    for e in container_cache(root):
-        if e.key in names and e.key not in found and _real_file(root, e.value):
-            found.add(e.key)
-    for name in names - found:
-        if any(_real_file(root, f"{d}/{name}") for d in DEFAULT_LIB_DIRS):
-            found.add(name)
-    return found
-
-
-def _real_file(root: str, path: str) -> bool:
-    try:
-        st = os.stat(root.rstrip("/") + resolve_in_root(root, path))
-    except (OSError, ContainerPathError):
-        return False
-    return stat.S_ISREG(st.st_mode) and st.st_size > 0

@@ -289,7 +289,7 @@ def _host(path: str) -> str:
 
 
 def _build_root(cfg: RunConfig, kernel, rootless: bool, timings=None) -> None:
-    from nvlaunch.exec.inroot import resolve_in_root
+    from nvlaunch.host.inroot import resolve_in_root
     if cfg.plan.ldcache:   # imported now: after the first pivot the host's files are gone
         from nvlaunch.exec.ldcache_writer import merged_cache
     # 1. Private propagation, a staging tmpfs, and a first pivot into it.

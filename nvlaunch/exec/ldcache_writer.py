@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 
 from nvlaunch.host import ldcache
-from nvlaunch.core.errors import ContainerPathError
-from nvlaunch.exec.inroot import resolve_in_root
+from nvlaunch.host.container import container_cache
+from nvlaunch.host.inroot import resolve_in_root
 
 LIB = ldcache.FLAG_ELF_LIBC6 | ldcache.FLAG_X8664_LIB64
 LIB32 = ldcache.FLAG_ELF_LIBC6 | ldcache.FLAG_I386
@@ -23,17 +23,6 @@ def merged_entries(existing: list, pairs) -> list:
             for soname, path, is32 in pairs]
     taken = {(e.key, e.value) for e in ours}
     return ours + [e for e in existing if (e.key, e.value) not in taken]
-
-
-def container_cache(root: str) -> list:
-    """The entries of the ld.so.cache of the rootfs at host path `root` (resolved inside
-    it); [] for none, or one that cannot be read or parsed."""
-    try:
-        path = root.rstrip("/") + resolve_in_root(root, ldcache.LD_SO_CACHE)
-        with open(path, "rb") as f:
-            return ldcache.parse(f.read(), path)
-    except (OSError, ContainerPathError, ldcache.LdCacheError):
-        return []
 
 
 def merged_cache(root: str, pairs) -> bytes:

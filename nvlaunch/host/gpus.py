@@ -1,18 +1,11 @@
-"""The host's GPUs and which of them a container gets.
+"""The host's GPUs, as the driver's procfs shows them.
 
 `enumerate_gpus(host)` reads /proc/driver/nvidia/gpus/*/information under the proc root
 and numbers the GPUs in PCI bus order, as NVML and nvidia-smi do (the /dev/nvidiaN minor
-is *not* the index).  `select_gpus(spec, gpus, host)` parses a --gpus /
-NVIDIA_VISIBLE_DEVICES value per the contract: all, none, void/empty, or a comma list of
-indices, GPU UUIDs or unique UUID prefixes, PCI bus ids and MIG devices (G:M, MIG-<uuid>).
-
-Items are matched in libnvidia-container's order (src/cli/common.c select_gpu_device,
-reference 1.1): full GPU UUID, PCI bus id, index, MIG UUID, G:M; nvlaunch adds unique
-UUID prefixes (nvidia-docker 1.0's NV_GPU).  MIG devices come from procfs
+is *not* the index).  MIG devices come from procfs
 (/proc/driver/nvidia/capabilities/gpu<minor>/mig/gi*/ci*); procfs has no MIG UUIDs, so
-NVML (pynvml) is imported lazily, only when a MIG form is asked for.
-
-Pure policy: reads the host through HostView, changes nothing.
+NVML (pynvml) is imported lazily, only when a MIG form is asked for (plan.selection).
+Reads the host through a HostView and changes nothing.
 """
 from __future__ import annotations
 
@@ -25,10 +18,6 @@ from nvlaunch.host.view import HostView, read_text
 GPUS_DIR = "/proc/driver/nvidia/gpus"
 CAPS_DIR = "/proc/driver/nvidia/capabilities"
 MIG_MINORS = "/proc/driver/nvidia-caps/mig-minors"
-
-MODE_VOID = "void"        # nothing injected: not a GPU container
-MODE_NONE = "none"        # driver files and control nodes, no GPU nodes
-MODE_DEVICES = "devices"  # the selected GPUs (maybe zero of them with "all" on a host without)
 
 
 @record
@@ -53,26 +42,6 @@ class MigDevice:
     ci: int
     uuid: str | None
     cap_minors: tuple[int, ...]
-
-
-@record
-class Selection:
-    """What a GPU request selects.  `gpus` includes the parents of selected MIG devices."""
-    gpus: tuple[Gpu, ...] = ()
-    migs: tuple[MigDevice, ...] = ()
-    mode: str = MODE_VOID
-
-    @property
-    def visible_devices(self) -> str:
-        """NVIDIA_VISIBLE_DEVICES for inside the container: the selection by UUID
-        (MIG devices by MIG UUID where known), or "void"/"none"."""
-        if self.mode != MODE_DEVICES:
-            return self.mode
-        mig_parents = {m.gpu.uuid for m in self.migs}
-        names = [g.uuid for g in self.gpus if g.uuid not in mig_parents]
-        for m in self.migs:
-            names.append(m.uuid or f"MIG-{m.gpu.uuid}/{m.gi}/{m.ci}")
-        return ",".join(names)
 
 
 # ------------------------------------------------------------------ PCI bus ids
@@ -135,7 +104,7 @@ def enumerate_gpus(host: HostView) -> tuple[Gpu, ...]:
     "GPU Excluded: Yes" are left out, as NVML leaves them out.  An information file
     without a UUID or device minor is a DiscoveryError naming it.
     """
-    base = host.proc(GPUS_DIR)
+    base = host.proc(GPUS_DIR, "names")
     try:
         names = os.listdir(base)
     except (FileNotFoundError, NotADirectoryError):
@@ -144,7 +113,7 @@ def enumerate_gpus(host: HostView) -> tuple[Gpu, ...]:
         raise DiscoveryError(f"cannot list {base}: {err.strerror or err}") from err
     found = []
     for name in names:
-        path = f"{base}/{name}/information"
+        path = host.proc(f"{GPUS_DIR}/{name}/information")
         text = _read(path)
         if text is None:
             continue
@@ -165,7 +134,7 @@ def enumerate_gpus(host: HostView) -> tuple[Gpu, ...]:
                  for i, (bus, minor, uuid, model) in enumerate(found))
 
 
-def _mig_minors(host: HostView) -> dict[str, int]:
+def mig_minors(host: HostView) -> dict[str, int]:
     """/proc/driver/nvidia-caps/mig-minors: "gpu0/gi1/ci0/access 13" lines -> dict."""
     text = _read(host.proc(MIG_MINORS)) or ""
     out = {}
@@ -198,17 +167,17 @@ def enumerate_migs(host: HostView, gpu: Gpu, minors: dict[str, int] | None = Non
     That order is nvlaunch's numbering for "G:M"; NVML's MIG index usually agrees (it
     enumerates GPU instances, then their compute instances, by id).
     """
-    base = host.proc(f"{CAPS_DIR}/gpu{gpu.minor}/mig")
+    base = host.proc(f"{CAPS_DIR}/gpu{gpu.minor}/mig", "names")
     try:
         gis = _numbered(os.listdir(base), "gi")
     except OSError:
         return ()
     if minors is None:
-        minors = _mig_minors(host)
+        minors = mig_minors(host)
     out = []
     for gi in gis:
         try:
-            cis = _numbered(os.listdir(f"{base}/gi{gi}"), "ci")
+            cis = _numbered(os.listdir(host.proc(f"{CAPS_DIR}/gpu{gpu.minor}/mig/gi{gi}", "names")), "ci")
         except OSError:
             continue
         gi_minor = _cap_minor(host, f"gpu{gpu.minor}/mig/gi{gi}/access", minors)
@@ -219,7 +188,7 @@ def enumerate_migs(host: HostView, gpu: Gpu, minors: dict[str, int] | None = Non
     return tuple(out)
 
 
-def _nvml_mig_uuids(gpus) -> dict[tuple[str, int, int], str]:
+def nvml_mig_uuids(gpus) -> dict[tuple[str, int, int], str]:
     """{(parent GPU uuid lowercased, gi, ci): MIG uuid} from NVML; raises on NVML failure.
 
     Imported here, only for MIG requests: pynvml costs ~80 ms plus nvmlInit.
@@ -253,192 +222,4 @@ def _nvml_mig_uuids(gpus) -> dict[tuple[str, int, int], str]:
 
 # ------------------------------------------------------------------ selection
 
-# MIG-GPU-<gpu uuid>/<gi>/<ci>: the pre-R470 MIG UUID form, which names its parent.
-_MIG_OLD = r"^MIG-(GPU-[0-9a-fA-F-]+)/([0-9]+)/([0-9]+)$"
 
-
-def _is_index(item: str) -> bool:
-    return item.isascii() and item.isdigit()
-
-
-def _mig_index(item: str) -> tuple[str, str] | None:
-    """"G:M" (MIG device M of GPU G) -> ("G", "M")."""
-    g, colon, m = item.partition(":")
-    return (g, m) if colon and _is_index(g) and _is_index(m) else None
-
-_SYNTAX = ("want all, none, void, or a comma list of GPU indices, GPU UUIDs or unique "
-           "UUID prefixes, PCI bus ids, and MIG devices (G:M or MIG-<uuid>)")
-
-
-class _MigContext:
-    """MIG lookups for one select_gpus call: procfs first, NVML once if needed."""
-
-    def __init__(self, host: HostView | None, gpus):
-        self.host, self.gpus = host, gpus
-        self._minors = None
-        self._migs: dict[int, tuple[MigDevice, ...]] = {}
-        self._nvml = None
-        self.nvml_error: Exception | None = None
-
-    def need_host(self, item: str):
-        if self.host is None:
-            raise SelectionError(f"MIG device {item!r}: the host's /proc is needed to find it")
-
-    def migs(self, gpu: Gpu) -> tuple[MigDevice, ...]:
-        if gpu.index not in self._migs:
-            if self._minors is None:
-                self._minors = _mig_minors(self.host)
-            self._migs[gpu.index] = enumerate_migs(self.host, gpu, self._minors)
-        return self._migs[gpu.index]
-
-    def nvml(self) -> dict | None:
-        """MIG UUIDs from NVML, or None (the error kept) where NVML cannot be used."""
-        if self._nvml is None and self.nvml_error is None:
-            try:
-                self._nvml = _nvml_mig_uuids(self.gpus)
-            except Exception as err:     # ImportError, NVMLError (no driver), OSError
-                self.nvml_error = err
-        return self._nvml
-
-    def with_uuid(self, mig: MigDevice) -> MigDevice:
-        table = self.nvml()
-        uuid = table.get((mig.gpu.uuid.lower(), mig.gi, mig.ci)) if table else None
-        return mig if uuid is None else MigDevice(mig.gpu, mig.gi, mig.ci, uuid, mig.cap_minors)
-
-
-def _all(gpus, host) -> Selection:
-    """Every GPU, and (as libnvidia-container's select_all_devices) every MIG device."""
-    migs: list[MigDevice] = []
-    if host is not None:
-        minors = None
-        for g in gpus:
-            if os.path.isdir(host.proc(f"{CAPS_DIR}/gpu{g.minor}/mig")):
-                if minors is None:
-                    minors = _mig_minors(host)
-                migs.extend(enumerate_migs(host, g, minors))
-    return Selection(tuple(gpus), tuple(migs), MODE_DEVICES)
-
-
-def _by_uuid(item: str, gpus) -> Gpu:
-    """A full GPU UUID (case-insensitive) or a unique prefix of one."""
-    low = item.lower()
-    for g in gpus:
-        if g.uuid.lower() == low:
-            return g
-    matches = [g for g in gpus if g.uuid.lower().startswith(low)]
-    if len(matches) == 1 and len(item) > len("GPU-"):
-        return matches[0]
-    if len(matches) > 1:
-        raise SelectionError(f"ambiguous GPU UUID prefix {item!r}: matches "
-                             + ", ".join(g.uuid for g in matches),
-                             hint="give more of the UUID")
-    raise SelectionError(f"unknown GPU {item!r}: no GPU has this UUID",
-                         hint="see `nvidia-smi -L` or `nvlaunch info`")
-
-
-def _by_mig_uuid(item: str, gpus, ctx: _MigContext) -> MigDevice:
-    ctx.need_host(item)
-    import re   # MIG forms only: keep `re` off the plain path
-    m = re.match(_MIG_OLD, item, re.I)
-    if m:
-        parent = next((g for g in gpus if g.uuid.lower() == m.group(1).lower()), None)
-        if parent is None:
-            raise SelectionError(f"unknown MIG device {item!r}: no GPU {m.group(1)}")
-        gi, ci = int(m.group(2)), int(m.group(3))
-        mig = next((x for x in ctx.migs(parent) if (x.gi, x.ci) == (gi, ci)), None)
-        if mig is None:
-            raise SelectionError(f"unknown MIG device {item!r}: GPU {parent.index} has no "
-                                 f"GPU instance {gi} / compute instance {ci}")
-        return MigDevice(parent, gi, ci, item, mig.cap_minors)
-    table = ctx.nvml()
-    if table is None:
-        raise SelectionError(f"cannot resolve MIG device {item!r}: NVML is unavailable "
-                             f"({ctx.nvml_error})", hint="select it as G:M instead")
-    for (parent_uuid, gi, ci), uuid in table.items():
-        if uuid.lower() == item.lower():
-            parent = next((g for g in gpus if g.uuid.lower() == parent_uuid), None)
-            if parent is None:
-                break
-            mig = next((x for x in ctx.migs(parent) if (x.gi, x.ci) == (gi, ci)), None)
-            caps = mig.cap_minors if mig else ()
-            return MigDevice(parent, gi, ci, uuid, caps)
-    raise SelectionError(f"unknown MIG device {item!r}: no MIG device has this UUID",
-                         hint="see `nvidia-smi -L`")
-
-
-def _by_mig_index(item: str, gpu_index: int, mig_index: int, gpus, ctx) -> MigDevice:
-    ctx.need_host(item)
-    if gpu_index >= len(gpus):
-        raise SelectionError(f"unknown MIG device {item!r}: no GPU with index {gpu_index} "
-                             f"({_count(gpus)})")
-    migs = ctx.migs(gpus[gpu_index])
-    if mig_index >= len(migs):
-        have = f"it has {len(migs)}" if migs else "MIG is off or it has no MIG devices"
-        raise SelectionError(f"unknown MIG device {item!r}: GPU {gpu_index} has no MIG device "
-                             f"{mig_index} ({have})")
-    return ctx.with_uuid(migs[mig_index])
-
-
-def _count(gpus) -> str:
-    n = len(gpus)
-    return "this host has no GPUs" if n == 0 else \
-        f"this host has {n} GPU{'s' if n > 1 else ''}: 0" + (f"-{n - 1}" if n > 1 else "")
-
-
-def select_gpus(spec: str | None, gpus, host: HostView | None = None) -> Selection:
-    """Parse a --gpus / NVIDIA_VISIBLE_DEVICES value against `gpus` (enumerate_gpus order).
-
-    SelectionError names the offending item: an unknown index, UUID or bus id, an
-    ambiguous UUID prefix, a MIG device that does not exist, or bad syntax.  Duplicates
-    are dropped and the request's order kept; a MIG device also selects its parent GPU.
-    `host` is needed for MIG devices (and to list MIG devices for "all").
-    """
-    gpus = tuple(gpus)
-    items = [s.strip() for s in (spec or "").split(",")]
-    items = [s for s in items if s]
-    if not items or items == ["void"]:
-        return Selection(mode=MODE_VOID)
-    if items == ["none"]:
-        return Selection(mode=MODE_NONE)
-    if "all" in items:
-        if len(set(items)) > 1:
-            raise SelectionError(f"bad GPU list {spec!r}: 'all' cannot be combined with "
-                                 "other devices")
-        return _all(gpus, host)
-    for word in ("none", "void"):
-        if word in items:
-            raise SelectionError(f"bad GPU list {spec!r}: {word!r} cannot be combined with "
-                                 "other devices")
-    ctx = _MigContext(host, gpus)
-    chosen: list[Gpu] = []
-    migs: list[MigDevice] = []
-    for item in items:
-        gpu = mig = None
-        bus = parse_bus_id(item)
-        if item[:4].upper() == "GPU-":
-            gpu = _by_uuid(item, gpus)
-        elif bus is not None:
-            gpu = next((g for g in gpus if parse_bus_id(g.bus_id) == bus), None)
-            if gpu is None:
-                raise SelectionError(f"unknown GPU {item!r}: no GPU at PCI bus id "
-                                     f"{format_bus_id(bus, nvml=True)}")
-        elif _is_index(item):
-            n = int(item)
-            if n >= len(gpus):
-                raise SelectionError(f"unknown GPU {item!r}: no GPU with index {n} "
-                                     f"({_count(gpus)})")
-            gpu = gpus[n]
-        elif item[:4].upper() == "MIG-":
-            mig = _by_mig_uuid(item, gpus, ctx)
-        elif _mig_index(item):
-            g, m = _mig_index(item)
-            mig = _by_mig_index(item, int(g), int(m), gpus, ctx)
-        else:
-            raise SelectionError(f"unknown device {item!r}", hint=_SYNTAX)
-        if mig is not None:
-            if not any((x.gpu.uuid, x.gi, x.ci) == (mig.gpu.uuid, mig.gi, mig.ci) for x in migs):
-                migs.append(mig)
-            gpu = mig.gpu
-        if gpu not in chosen:
-            chosen.append(gpu)
-    return Selection(tuple(chosen), tuple(migs), MODE_DEVICES)

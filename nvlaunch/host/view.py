@@ -6,7 +6,7 @@ host tree (see tests/fakehost.py) and the real host is just HostView() with "/" 
 from __future__ import annotations
 
 import os
-from nvlaunch.core.records import record
+import stat
 
 ENV_DRIVER_ROOT = "NVLAUNCH_DRIVER_ROOT"
 ENV_DEV_ROOT = "NVLAUNCH_DEV_ROOT"
@@ -18,12 +18,19 @@ def _join(root: str, path: str) -> str:
     return root if not path else (root.rstrip("/") + "/" + path if root != "/" else "/" + path)
 
 
-@record
 class HostView:
-    """The three host roots; paths given to the helpers are absolute host paths."""
-    driver_root: str = "/"
-    dev_root: str = "/"
-    proc_root: str = "/"
+    """The three host roots; paths given to the helpers are absolute host paths.
+
+    A view made by recording() also keeps every host path its helpers gave out, with
+    how it was used ("node": looked up or stat-ed, "data": a small file read whole,
+    "names": a directory listed).  What a plan was built from is then exactly its
+    `reads`, and fingerprint(reads) tells whether any of it changed (plan.cache)."""
+    __slots__ = ("driver_root", "dev_root", "proc_root", "reads")
+
+    def __init__(self, driver_root: str = "/", dev_root: str = "/", proc_root: str = "/",
+                 reads: dict[str, str] | None = None):
+        self.driver_root, self.dev_root, self.proc_root = driver_root, dev_root, proc_root
+        self.reads = reads
 
     @classmethod
     def from_env(cls, driver_root=None, dev_root=None, proc_root=None, environ=os.environ):
@@ -34,22 +41,82 @@ class HostView:
         return cls(pick(driver_root, ENV_DRIVER_ROOT), pick(dev_root, ENV_DEV_ROOT),
                    pick(proc_root, ENV_PROC_ROOT))
 
-    def driver(self, path: str) -> str:
+    @classmethod
+    def from_options(cls, gopts: dict | None) -> "HostView":
+        """The view of the global options (--driver-root, ...), else the variables."""
+        g = gopts or {}
+        return cls.from_env(g.get("driver_root"), g.get("dev_root"), g.get("proc_root"))
+
+    @property
+    def roots(self) -> tuple[str, str, str]:
+        return (self.driver_root, self.dev_root, self.proc_root)
+
+    def recording(self) -> "HostView":
+        """The same roots, recording every path given out from now on."""
+        return HostView(*self.roots, reads={})
+
+    def _give(self, path: str, kind: str) -> str:
+        if self.reads is not None:
+            self.reads.setdefault(path, kind)
+        return path
+
+    def driver(self, path: str, kind: str = "node") -> str:
         """`path` (absolute, as the ld cache names it) under the driver root."""
-        return _join(self.driver_root, path)
+        return self._give(_join(self.driver_root, path), kind)
 
-    def dev(self, path: str) -> str:
+    def dev(self, path: str, kind: str = "node") -> str:
         """`path` such as /dev/nvidia0 under the device root."""
-        return _join(self.dev_root, path)
+        return self._give(_join(self.dev_root, path), kind)
 
-    def proc(self, path: str) -> str:
+    def proc(self, path: str, kind: str = "data") -> str:
         """`path` such as /proc/driver/nvidia/version under the proc root."""
-        return _join(self.proc_root, path)
+        return self._give(_join(self.proc_root, path), kind)
 
     def env(self) -> dict:
         """The variables that carry this view to a child nvlaunch (a hook, say)."""
         return {ENV_DRIVER_ROOT: self.driver_root, ENV_DEV_ROOT: self.dev_root,
                 ENV_PROC_ROOT: self.proc_root}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HostView) and self.roots == other.roots
+
+    def __hash__(self) -> int:
+        return hash(self.roots)
+
+    def __repr__(self) -> str:
+        return "HostView(driver_root=%r, dev_root=%r, proc_root=%r)" % self.roots
+
+
+MAX_DATA = 1 << 20      # a /proc/driver/nvidia file is a few hundred bytes
+
+
+def probe(path: str, kind: str):
+    """What a recorded read saw at `path`, as a comparable value (None: absent).  For a
+    node: its identity (type, inode; for files also size and mtime; for device nodes the
+    device number); a directory's mtime is left out, since /run or /tmp change all the
+    time while what was looked up in them did not."""
+    try:
+        if kind == "node":
+            st = os.lstat(path)
+            fmt = stat.S_IFMT(st.st_mode)
+            if fmt == stat.S_IFDIR or fmt == stat.S_IFSOCK:
+                return (st.st_mode, st.st_ino)
+            if fmt == stat.S_IFCHR or fmt == stat.S_IFBLK:
+                return (st.st_mode, st.st_ino, st.st_rdev)
+            return (st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns)
+        if kind == "names":
+            return tuple(sorted(os.listdir(path)))
+        with open(path, "rb") as f:
+            return f.read(MAX_DATA)
+    except IsADirectoryError:
+        return probe(path, "names")
+    except (OSError, ValueError):
+        return None
+
+
+def fingerprint(reads: dict[str, str]) -> tuple:
+    """probe() of every read, in path order."""
+    return tuple((path, probe(path, kind)) for path, kind in sorted(reads.items()))
 
 
 def is_initial_root(proc_root: str = "/") -> bool:

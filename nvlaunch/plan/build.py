@@ -9,20 +9,19 @@ from __future__ import annotations
 import os
 import stat
 
-from nvlaunch.core.errors import DiscoveryError
+from nvlaunch.core.errors import DiscoveryError, SelectionError
+from nvlaunch.host import driver as drv
+from nvlaunch.host.container import MULTIARCH_LIBDIR
+from nvlaunch.host.driver_files import Driver
+from nvlaunch.host.gpus import Gpu, enumerate_gpus
+from nvlaunch.host.syslibs import system_libs
 from nvlaunch.host.view import HostView, read_text
+from nvlaunch.plan.capabilities import devices_for, files_for, parse_capabilities
 from nvlaunch.plan.records import (IF_ABSENT, OPTIONAL, REQUIRED, BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs,
                            WriteFile)
 from nvlaunch.plan.request import Request
-from nvlaunch.exec.inroot import MULTIARCH_LIBDIR
+from nvlaunch.plan.selection import Selection, select_gpus
 
-# Control nodes: (path, capability that brings it or None for always, required)
-CONTROL_NODES = (
-    ("/dev/nvidiactl", None, True),
-    ("/dev/nvidia-uvm", "compute", False),
-    ("/dev/nvidia-uvm-tools", "compute", False),
-    ("/dev/nvidia-modeset", "display", False),
-)
 PROC_NVIDIA = "/proc/driver/nvidia"
 # Files copied into the container's /proc/driver/nvidia; params gets ModifyDeviceFiles: 0
 # so that NVML in the container never tries to create device nodes.
@@ -31,27 +30,24 @@ LIB32_DIRS = {"/usr/lib/x86_64-linux-gnu": "/usr/lib/i386-linux-gnu", "/usr/lib6
 
 
 def build_plan(req: Request, host: HostView, libdir: str | None = MULTIARCH_LIBDIR,
-               driver=None, gpus=None) -> Plan:
+               driver: Driver | None = None, gpus: tuple[Gpu, ...] | None = None) -> Plan:
     """The plan for `req`.  `libdir` is the container's library directory (None: keep each
     library's host directory, as a CDI spec does).  `driver` and `gpus` may be passed in
-    when the caller already discovered them."""
-    from nvlaunch.host import driver as drv
-    from nvlaunch.host import gpus as gp
+    when the caller already discovered them.  NVIDIA_REQUIRE_* is not checked here (that
+    may load the host's libcuda): plan.cache does it before a plan is built."""
     if req.void:
         return Plan()
-    caps = drv.parse_capabilities(req.capabilities)
+    caps = parse_capabilities(req.capabilities)
     driver = driver or drv.discover(host)
-    all_gpus = gp.enumerate_gpus(host) if gpus is None else gpus
-    selection = gp.select_gpus(req.gpus, all_gpus, host)
-    _check_requirements(req, driver, selection)
+    all_gpus = enumerate_gpus(host) if gpus is None else gpus
+    selection = select_gpus(req.gpus, all_gpus, host)
 
     entries: list = []
     devices: list = []
-    for path, cap, required in CONTROL_NODES:
-        if cap is None or cap in caps or (cap == "compute" and "video" in caps):
-            node = _device(host, path, required)
-            if node:
-                entries.append(node)
+    for path, required in devices_for(caps):
+        node = _device(host, path, required)
+        if node:
+            entries.append(node)
     for gpu in selection.gpus:
         entries.append(_device(host, f"/dev/nvidia{gpu.minor}", True))
         if caps & {"graphics", "display"}:
@@ -65,7 +61,7 @@ def build_plan(req: Request, host: HostView, libdir: str | None = MULTIARCH_LIBD
         entries.append(_device(host, f"/dev/nvidia-caps-imex-channels/channel{channel}", True))
     devices = [e for e in entries if isinstance(e, BindDevice)]
 
-    files = drv.files_for(driver, caps)
+    files = files_for(driver, caps)
     _check_essentials(files, caps, driver)
     ldcache: list = []
     used_libdir = libdir
@@ -93,7 +89,7 @@ def build_plan(req: Request, host: HostView, libdir: str | None = MULTIARCH_LIBD
 
     if libdir is not None:
         # (a CDI spec cannot bind on a condition, so it lists no system libraries)
-        for dep in drv.system_libs(host, files, driver.files):
+        for dep in system_libs(host, files, driver.files):
             dst = f"{libdir}/{dep.name}"
             entries.append(BindFile(dep.host_path, dst, policy=IF_ABSENT))
             ldcache.append((dep.name, dst, False))
@@ -144,9 +140,8 @@ def _device(host: HostView, path: str, required: bool) -> BindDevice | None:
 def _drm_nodes(host: HostView, bus_id: str) -> list:
     """/dev/dri/card* and renderD* of one GPU, matched by PCI bus id through by-path."""
     out = []
-    by_path = host.dev("/dev/dri/by-path")
     for kind in ("card", "render"):
-        link = f"{by_path}/pci-{bus_id.lower()}-{kind}"
+        link = host.dev(f"/dev/dri/by-path/pci-{bus_id.lower()}-{kind}")
         try:
             name = os.path.basename(os.readlink(link))
         except OSError:
@@ -161,7 +156,6 @@ def _imex_channels(req: Request) -> list:
     raw = req.getenv("NVIDIA_IMEX_CHANNELS")
     if not raw or raw.strip() in ("", "void", "none", "all"):
         return []   # "all" is ignored, as NVIDIA's legacy mode does
-    from nvlaunch.core.errors import SelectionError
     out = []
     for item in raw.split(","):
         item = item.strip()
@@ -187,11 +181,3 @@ def _proc_view(host: HostView, selection) -> list:
         out.append(BindDir(src, f"{PROC_NVIDIA}/gpus/{gpu.bus_id}", readonly=True, recursive=False,
                            policy=REQUIRED))
     return out
-
-
-def _check_requirements(req: Request, driver, selection) -> None:
-    if not any(k.startswith("NVIDIA_REQUIRE_") for k, _ in req.env):
-        return
-    from nvlaunch.plan import require
-    from nvlaunch.host.driver import cuda_driver_version
-    require.check(dict(req.env), driver.version, lambda: cuda_driver_version(driver))

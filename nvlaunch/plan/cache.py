@@ -1,21 +1,26 @@
-"""Reuse a launch's plan on the next launch, until the driver or the GPUs change.
+"""Reuse a launch's plan on the next launch, while nothing it was built from changed.
 
 Building a plan means importing the discovery modules, parsing the ld cache, reading
-/proc and stat-ing device nodes: about half of nvlaunch's own setup time.  The result
-depends only on the request and on host state that changes when the driver does, so it
-is kept in a small file per request and reused while its fingerprint still matches:
+/proc and stat-ing device nodes: about half of nvlaunch's own setup time.  So the plan is
+built through a recording HostView (host.view): every host path discovery and the
+builder looked at is kept with how it was used, and stored beside the plan with what
+was seen there (host.view.fingerprint).  A later launch with the same request reuses
+the plan only while every one of those paths still shows the same thing: the version
+and params/registry text under /proc/driver/nvidia, the GPU list, each device node
+(present or not), the ld cache file, each library and binary looked up (found or not),
+each IPC socket (an nvidia-persistenced started since then is a change).  The key
+itself is the request, the host roots, the container library directory and the code
+that builds plans (its files' identities).
 
-- the text of proc/driver/nvidia/version (a driver reload changes it),
-- inode, size and mtime of the driver root's etc/ld.so.cache (ldconfig rewrites it),
-- the list of proc/driver/nvidia/gpus (a GPU appearing or going away),
-- the mtimes of the dev root's /dev and /dev/nvidia-caps (nodes added or removed),
-- the mtimes of the modules that build plans (a new nvlaunch).
+Before a plan is built its NVIDIA_REQUIRE_* conditions are checked here (plan.require),
+with the CUDA version asked from host.cuda only when a condition names cuda; a plan that
+is stored passed them, and its key holds those variables.
 
 Files live in a directory only the caller can write ($XDG_RUNTIME_DIR/nvlaunch, else
 /run/nvlaunch for root or /tmp/nvlaunch-UID), checked with lstat before each use; any
-doubt means no cache.  Stored with marshal (builtin, no import cost); records are kept
-as (type name, fields).  NVLAUNCH_NO_CACHE=1 turns it off.  At most MAX_PLANS files are
-kept: each store (a miss) removes the least recently written beyond that.
+doubt means no cache.  Stored with marshal (builtin, no import cost); records as (type
+name, values).  NVLAUNCH_NO_CACHE=1 turns it off.  At most MAX_PLANS files are kept:
+each store (a miss) removes the least recently written beyond that.
 """
 from __future__ import annotations
 
@@ -23,13 +28,23 @@ import marshal
 import os
 import stat
 
+from nvlaunch.core.records import rebuild, values
+from nvlaunch.host import cuda
+from nvlaunch.host.container import container_libdir, libraries_present
+from nvlaunch.host.driver import discover
+from nvlaunch.host.view import HostView, fingerprint
 from nvlaunch.plan import records as P
+from nvlaunch.plan import require
+from nvlaunch.plan.build import build_plan
+from nvlaunch.plan.request import Request
 
-FORMAT = 1
+FORMAT = 2
 MAX_PLANS = 64
+ENV_NO_CACHE = "NVLAUNCH_NO_CACHE"
 _RECORDS = {cls.__name__: cls for cls in (P.BindFile, P.BindDir, P.BindDevice, P.Symlink,
                                            P.WriteFile, P.Tmpfs)}
-_CODE = ("plan/build.py", "host/driver.py", "host/gpus.py", "host/ldcache.py", "plan/records.py", "plan/cache.py")
+# The packages whose code decides what a plan holds.
+_CODE_DIRS = ("core", "host", "plan")
 
 
 def cache_dir(create: bool = True) -> str | None:
@@ -57,32 +72,24 @@ def cache_dir(create: bool = True) -> str | None:
     return path
 
 
-def _stat_key(path: str):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+def _code_key() -> tuple:
+    """(name, size, mtime) of every module of the packages that build plans."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = []
+    for sub in _CODE_DIRS:
+        try:
+            with os.scandir(os.path.join(pkg, sub)) as it:
+                for e in it:
+                    if e.name.endswith(".py"):
+                        st = e.stat()
+                        out.append((sub, e.name, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((sub, None))
+    return tuple(sorted(out, key=repr))
 
 
-def fingerprint(host) -> tuple:
-    try:
-        with open(host.proc("/proc/driver/nvidia/version"), "rb") as f:
-            version = f.read()
-    except OSError:
-        version = None
-    try:
-        gpus = tuple(sorted(os.listdir(host.proc("/proc/driver/nvidia/gpus"))))
-    except OSError:
-        gpus = None
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return (version, _stat_key(host.driver("/etc/ld.so.cache")), gpus,
-            _stat_key(host.dev("/dev")), _stat_key(host.dev("/dev/nvidia-caps")),
-            tuple(_stat_key(os.path.join(here, name)) for name in _CODE))
-
-
-def key(host, request, libdir) -> tuple:
-    return (FORMAT, tuple(host), tuple(request), libdir, fingerprint(host))
+def key(host: HostView, request: Request, libdir: str | None) -> tuple:
+    return (FORMAT, host.roots, values(request), libdir, _code_key())
 
 
 def _file(directory: str, k: tuple) -> str:
@@ -91,9 +98,9 @@ def _file(directory: str, k: tuple) -> str:
     return os.path.join(directory, f"plan-{name:08x}")
 
 
-def load(k: tuple):
-    """The cached plan for key `k`, or None."""
-    if os.environ.get("NVLAUNCH_NO_CACHE") == "1":
+def load(k: tuple) -> P.Plan | None:
+    """The cached plan for key `k` whose recorded reads still see the same host, or None."""
+    if os.environ.get(ENV_NO_CACHE) == "1":
         return None
     directory = cache_dir(create=False)
     if directory is None:
@@ -104,19 +111,21 @@ def load(k: tuple):
         return None
     with os.fdopen(fd, "rb") as f:
         try:
-            stored_key, data = marshal.loads(f.read())
+            stored_key, reads, seen, data = marshal.loads(f.read())
         except (EOFError, ValueError, TypeError):
             return None
     if stored_key != k:
         return None
     try:
+        if fingerprint(dict(reads)) != seen:
+            return None
         return _decode(data)
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def store(k: tuple, plan) -> None:
-    if os.environ.get("NVLAUNCH_NO_CACHE") == "1":
+def store(k: tuple, reads: dict[str, str], seen: tuple, plan: P.Plan) -> None:
+    if os.environ.get(ENV_NO_CACHE) == "1":
         return
     directory = cache_dir()
     if directory is None:
@@ -126,7 +135,7 @@ def store(k: tuple, plan) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(marshal.dumps((k, _encode(plan))))
+            f.write(marshal.dumps((k, tuple(sorted(reads.items())), seen, _encode(plan))))
         os.rename(tmp, path)
     except (OSError, ValueError):
         try:
@@ -164,35 +173,49 @@ def drop(k: tuple) -> None:
             pass
 
 
-def cached_plan(request, host, libdir):
-    """(plan, key): the plan for this request, from the cache while the host is unchanged,
-    else built (build.build_plan) and stored.  `key` lets a caller drop() a plan that failed."""
+def checked_plan(request: Request, host: HostView, libdir: str | None) -> P.Plan:
+    """A new plan for `request`, its NVIDIA_REQUIRE_* conditions checked first."""
+    if request.void:
+        return P.Plan()
+    driver = discover(host)
+    env = dict(request.env)
+    if require.requirements(env):
+        require.check(env, driver.version, lambda: cuda.cuda_driver_version(driver))
+    return build_plan(request, host, libdir, driver=driver)
+
+
+def cached_plan(request: Request, host: HostView, libdir: str | None) -> tuple[P.Plan, tuple]:
+    """(plan, key): the plan for this request, from the cache while what it was built
+    from is unchanged, else built and stored.  `key` lets a caller drop() a plan that
+    failed."""
     k = key(host, request, libdir)
     plan = load(k)
     if plan is None:
-        from nvlaunch.plan.build import build_plan
-        plan = build_plan(request, host, libdir)
-        store(k, plan)
+        recording = host.recording()
+        plan = checked_plan(request, recording, libdir)
+        reads = recording.reads or {}
+        store(k, reads, fingerprint(reads), plan)
     return plan, k
 
 
-def plan_for_rootfs(request, host, rootfs: str):
+def plan_for_rootfs(request: Request, host: HostView, rootfs: str) -> tuple[P.Plan, tuple]:
     """(plan, key) for a container whose rootfs is at host path `rootfs`: its library
     directory picks the cached plan, then the system libraries the driver needs are
-    settled against what the rootfs has (plan.settle_absent)."""
-    from nvlaunch.plan.records import settle_absent
-    from nvlaunch.exec.inroot import container_libdir, libraries_present
+    settled against what the rootfs has (plan.records.settle_absent)."""
     plan, k = cached_plan(request, host, container_libdir(rootfs))
-    return settle_absent(plan, lambda names: libraries_present(rootfs, names)), k
+    return P.settle_absent(plan, lambda names: libraries_present(rootfs, names)), k
 
 
-def _encode(plan) -> tuple:
-    rec = lambda e: (type(e).__name__, tuple(e))  # noqa: E731
+def _encode(plan: P.Plan) -> tuple:
+    def rec(e) -> tuple:
+        return (type(e).__name__, values(e))
     return (tuple(map(rec, plan.entries)), tuple(map(rec, plan.devices)), plan.env, plan.libdir,
             plan.ldcache, plan.notes)
 
 
-def _decode(data: tuple):
+def _decode(data: tuple) -> P.Plan:
     entries, devices, env, libdir, ldcache, notes = data
-    make = lambda item: _RECORDS[item[0]](*item[1])  # noqa: E731
+
+    def make(item: tuple):
+        return rebuild(_RECORDS[item[0]], item[1])
     return P.Plan(tuple(map(make, entries)), tuple(map(make, devices)), env, libdir, ldcache, notes)

@@ -11,7 +11,7 @@ rootfs, and the CDI spec turns the same records into containerEdits.
 from __future__ import annotations
 
 from nvlaunch.core import consts as C
-from nvlaunch.core.records import record
+from nvlaunch.core.records import record, replace
 
 # How the executor treats a host source that is missing at apply time (Charliecloud's
 # BD_REQUIRED / BD_OPTIONAL): driver files differ between driver versions.
@@ -128,7 +128,7 @@ def settle_absent(plan: "Plan", present) -> "Plan":
             if e.dst.rpartition("/")[2] in there:
                 dropped.add(e.dst)
                 continue
-            e = e._replace(policy=REQUIRED)
+            e = replace(e, policy=REQUIRED)
         entries.append(e)
-    return plan._replace(entries=tuple(entries),
+    return replace(plan, entries=tuple(entries),
                          ldcache=tuple(p for p in plan.ldcache if p[1] not in dropped))

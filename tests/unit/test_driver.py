@@ -12,6 +12,11 @@ import struct
 import pytest
 
 from nvlaunch.host import driver as drv
+from nvlaunch.host import cuda as CUDA
+from nvlaunch.host import driver_files as DF
+from nvlaunch.host import inroot as INROOT
+from nvlaunch.host import syslibs as SYSLIBS
+from nvlaunch.plan import capabilities as CAPS
 from nvlaunch.host import elf
 from nvlaunch.host import ldcache
 from nvlaunch.core.errors import DiscoveryError, UsageError
@@ -118,7 +123,7 @@ def test_every_library_is_the_real_versioned_file(fake, host):
         # the ELF SONAME is what the cache keyed it by
         assert elf.read_elf_info(f.host_path).soname == f.soname
         assert f.links == tuple(x for x in (f.soname,) if x != f.name) + \
-            drv.EXTRA_LINKS.get(f.name.split(".so.")[0] + ".so", ())
+            DF.EXTRA_LINKS.get(f.name.split(".so.")[0] + ".so", ())
 
 
 def test_links(host):
@@ -181,13 +186,13 @@ def test_compat32_from_i386_cache_entries(fake, host):
     assert by_name([f for f in d.files if f.kind == "lib"], f"libcuda.so.{VERSION}").host_path \
         .startswith(os.path.join(root, LIB64.lstrip("/")))
 
-    assert names(drv.files_for(d, {"compute", "compat32"}), "lib32") == {f"libcuda.so.{VERSION}"}
-    assert names(drv.files_for(d, {"compute"}), "lib32") == set()
-    assert names(drv.files_for(d, {"utility", "compat32"}), "lib32") == \
+    assert names(CAPS.files_for(d, {"compute", "compat32"}), "lib32") == {f"libcuda.so.{VERSION}"}
+    assert names(CAPS.files_for(d, {"compute"}), "lib32") == set()
+    assert names(CAPS.files_for(d, {"utility", "compat32"}), "lib32") == \
         {f"libnvidia-ml.so.{VERSION}"}
-    assert len(names(drv.files_for(d, {"all"}), "lib32")) == 2
+    assert len(names(CAPS.files_for(d, {"all"}), "lib32")) == 2
     # video brings the compute libraries, in 32 bits too
-    assert names(drv.files_for(d, {"video", "compat32"}), "lib32") == {f"libcuda.so.{VERSION}"}
+    assert names(CAPS.files_for(d, {"video", "compat32"}), "lib32") == {f"libcuda.so.{VERSION}"}
 
 
 def test_unversioned_egl_platform_library(fake, host):
@@ -273,16 +278,16 @@ def test_resolve_in_root(tmp_path):
     (root / "a/b/loop2").symlink_to("loop1")
     (root / "a/b/passwd").symlink_to("/etc/passwd")
     r = str(root)
-    assert drv.resolve_in_root(r, "/a/b/up") == f"{r}/etc/real"
-    assert drv.resolve_in_root(r, "/a/b/abs") == f"{r}/etc/real"
-    assert drv.resolve_in_root(r, "/a/b/dirlink/b/abs") == f"{r}/etc/real"
-    assert drv.resolve_in_root(r, "/../../a/./b/../b/up") == f"{r}/etc/real"
-    assert drv.resolve_in_root(r, "/a/b/loop1") is None
-    assert drv.resolve_in_root(r, "/a/b/passwd") is None       # the host's, not the root's
-    assert drv.resolve_in_root(r, "/a/b/missing") is None
-    assert drv.resolve_in_root(r, "/etc/real/x") is None        # through a file
-    assert drv.resolve_in_root(r, "/") == r
-    assert drv.resolve_in_root("/", "/etc/passwd") == os.path.realpath("/etc/passwd")
+    assert INROOT.host_path_in_root(r, "/a/b/up") == f"{r}/etc/real"
+    assert INROOT.host_path_in_root(r, "/a/b/abs") == f"{r}/etc/real"
+    assert INROOT.host_path_in_root(r, "/a/b/dirlink/b/abs") == f"{r}/etc/real"
+    assert INROOT.host_path_in_root(r, "/../../a/./b/../b/up") == f"{r}/etc/real"
+    assert INROOT.host_path_in_root(r, "/a/b/loop1") is None
+    assert INROOT.host_path_in_root(r, "/a/b/passwd") is None       # the host's, not the root's
+    assert INROOT.host_path_in_root(r, "/a/b/missing") is None
+    assert INROOT.host_path_in_root(r, "/etc/real/x") is None        # through a file
+    assert INROOT.host_path_in_root(r, "/") == r
+    assert INROOT.host_path_in_root("/", "/etc/passwd") == os.path.realpath("/etc/passwd")
 
 
 def test_links_escaping_the_root_are_rerooted(fake, host, tmp_path):
@@ -336,7 +341,7 @@ def test_firmware_once_each(fake, host):
     # lib -> usr/lib in the fake host: /lib/firmware and /usr/lib/firmware are one dir
     assert {f.name for f in fw} == FIRMWARE and len(fw) == 2
     for f in fw:
-        assert f.capability == drv.ANY
+        assert f.capability == DF.ANY
         assert f.container_path == f"/lib/firmware/nvidia/{VERSION}/{f.name}"
         assert os.path.isfile(f.host_path)
 
@@ -375,7 +380,7 @@ def test_ipc(fake, host):
     assert set(ipc) == {"/run/nvidia-persistenced/socket", "/tmp/nvidia-mps"}
     assert ipc["/run/nvidia-persistenced/socket"].capability == "utility"
     assert ipc["/tmp/nvidia-mps"].capability == "compute"
-    assert names(drv.files_for(drv.discover(host), {"utility"}), "ipc") == {"socket"}
+    assert names(CAPS.files_for(drv.discover(host), {"utility"}), "ipc") == {"socket"}
 
 
 # --- capabilities -----------------------------------------------------------------------------
@@ -395,7 +400,7 @@ def test_ipc(fake, host):
 ])
 def test_files_for_each_capability(host, caps, libs, bins, configs):
     d = drv.discover(host)
-    files = drv.files_for(d, caps)
+    files = CAPS.files_for(d, caps)
     assert stems(files) == libs
     assert names(files, "bin") == bins
     assert names(files, "config") == configs
@@ -405,39 +410,42 @@ def test_files_for_each_capability(host, caps, libs, bins, configs):
 
 def test_files_for_all(host):
     d = drv.discover(host)
-    assert drv.files_for(d, {"all"}) == d.files
-    assert drv.files_for(d, drv.ALL_CAPABILITIES) == d.files
+    assert CAPS.files_for(d, {"all"}) == d.files
+    assert CAPS.files_for(d, DF.ALL_CAPABILITIES) == d.files
     with pytest.raises(UsageError, match="'bogus'"):
-        drv.files_for(d, {"bogus"})
+        CAPS.files_for(d, {"bogus"})
 
 
 def test_parse_capabilities():
-    assert drv.parse_capabilities(None) == {"compute", "utility"}
-    assert drv.parse_capabilities("") == {"compute", "utility"}
-    assert drv.parse_capabilities(" , ") == {"compute", "utility"}
-    assert drv.parse_capabilities("video") == {"video"}
-    assert drv.parse_capabilities(" compute , graphics,") == {"compute", "graphics"}
-    assert drv.parse_capabilities("all") == {"compute", "compat32", "graphics", "utility",
+    assert CAPS.parse_capabilities(None) == {"compute", "utility"}
+    assert CAPS.parse_capabilities("") == {"compute", "utility"}
+    assert CAPS.parse_capabilities(" , ") == {"compute", "utility"}
+    assert CAPS.parse_capabilities("video") == {"video"}
+    assert CAPS.parse_capabilities(" compute , graphics,") == {"compute", "graphics"}
+    assert CAPS.parse_capabilities("all") == {"compute", "compat32", "graphics", "utility",
                                              "video", "display", "ngx"}
-    assert drv.parse_capabilities("utility,all") == drv.ALL_CAPABILITIES
+    assert CAPS.parse_capabilities("utility,all") == DF.ALL_CAPABILITIES
     with pytest.raises(UsageError) as exc:
-        drv.parse_capabilities("compute,gaming")
+        CAPS.parse_capabilities("compute,gaming")
     assert "'gaming'" in str(exc.value)
     with pytest.raises(UsageError):
-        drv.parse_capabilities("Compute")                       # names are lower case
+        CAPS.parse_capabilities("Compute")                       # names are lower case
 
 
 def test_devices_for():
-    assert drv.devices_for({"utility"}) == ("/dev/nvidiactl",)
-    assert drv.devices_for({"compute"}) == ("/dev/nvidiactl", "/dev/nvidia-uvm",
-                                            "/dev/nvidia-uvm-tools")
-    assert drv.devices_for({"display"}) == ("/dev/nvidiactl", "/dev/nvidia-modeset")
-    assert drv.devices_for({"video"}) == ("/dev/nvidiactl",)
+    def paths(caps):
+        return tuple(p for p, _ in CAPS.devices_for(caps))
+    assert CAPS.devices_for({"utility"}) == (("/dev/nvidiactl", True),)
+    assert paths({"compute"}) == ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+    assert paths({"display"}) == ("/dev/nvidiactl", "/dev/nvidia-modeset")
+    # video uses CUDA: the same uvm nodes the plan binds for it (one table for both)
+    assert paths({"video"}) == ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+    assert all(not required for _, required in CAPS.devices_for({"compute", "display"})[1:])
 
 
 def test_capability_table_matches_libnvidia_container():
     """Spot checks of the data table against reference 2.1."""
-    caps = drv.CAPABILITIES
+    caps = DF.CAPABILITIES
     assert set(caps) == {"utility", "compute", "video", "graphics", "display", "ngx", "compat32"}
     assert "libnvidia-tileiras.so" in caps["compute"].libs
     assert "libnvidia-nscq.so" in caps["utility"].libs
@@ -452,11 +460,11 @@ def test_capability_table_matches_libnvidia_container():
 
 def test_cuda_driver_version(fake, host):
     d = drv.discover(host)
-    assert drv.cuda_driver_version(d) == fake.cuda_version == 13000
-    assert drv.with_cuda_version(d).cuda_version == 13000
-    assert drv.cuda_driver_version(drv.Driver(VERSION, ())) is None
-    bogus = drv.DriverFile("lib", "compute", "/etc/passwd", f"libcuda.so.{VERSION}")
-    assert drv.cuda_driver_version(drv.Driver(VERSION, (bogus,))) is None
+    assert CUDA.cuda_driver_version(d) == fake.cuda_version == 13000
+    assert CUDA.with_cuda_version(d).cuda_version == 13000
+    assert CUDA.cuda_driver_version(DF.Driver(VERSION, ())) is None
+    bogus = DF.DriverFile("lib", "compute", "/etc/passwd", f"libcuda.so.{VERSION}")
+    assert CUDA.cuda_driver_version(DF.Driver(VERSION, (bogus,))) is None
 
 
 def test_discover_is_fast_and_pure(host, monkeypatch):
@@ -532,20 +540,20 @@ def test_system_libs_follow_needed_through_the_ld_cache(fake, host):
     host's ld cache, under the driver root.  libc.so.6 is not in that cache (left out), the
     loader never is, and driver libraries are never taken as system ones."""
     d = drv.discover(host)
-    files = drv.files_for(d, {"compute", "utility"})
-    deps = drv.system_libs(host, files, d.files)
+    files = CAPS.files_for(d, {"compute", "utility"})
+    deps = SYSLIBS.system_libs(host, files, d.files)
     assert [f.name for f in deps] == ["libm.so.6", "libpthread.so.0"]
     for f in deps:
         assert f.kind == "syslib" and f.soname == f.name
         assert f.host_path == os.path.join(fake.driver_root, "usr/lib/x86_64-linux-gnu", f.name)
-    assert drv.system_libs(host, [f for f in files if f.kind != "lib" and f.kind != "bin"]) == []
+    assert SYSLIBS.system_libs(host, [f for f in files if f.kind != "lib" and f.kind != "bin"]) == []
 
 
 def test_plan_settles_system_libs_per_rootfs(fake, host, tmp_path):
     from nvlaunch.plan.build import build_plan
     from nvlaunch.plan.records import IF_ABSENT, REQUIRED, settle_absent
     from nvlaunch.plan.request import Request
-    from nvlaunch.exec.inroot import libraries_present
+    from nvlaunch.host.container import libraries_present
     plan = build_plan(Request("0", "compute,utility"), host)
     conditional = [e for e in plan.entries if getattr(e, "policy", None) == IF_ABSENT]
     assert {os.path.basename(e.dst) for e in conditional} == {"libm.so.6", "libpthread.so.0"}

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from nvlaunch.host import gpus as G
+from nvlaunch.plan import selection as S
 from nvlaunch.core.errors import DiscoveryError, SelectionError
 from nvlaunch.host.view import HostView
 from tests.fakehost import build_fake_host, information_text, mig_minors_text, FakeGpu
@@ -128,28 +129,28 @@ def test_bus_id_forms():
 
 @pytest.mark.parametrize("spec", [None, "", "  ", "void", ",", " void "])
 def test_void(two, spec):
-    sel = G.select_gpus(spec, two[1], two[0])
+    sel = S.select_gpus(spec, two[1], two[0])
     assert (sel.mode, sel.gpus, sel.migs) == ("void", (), ())
     assert sel.visible_devices == "void"
 
 
 def test_none(two):
-    sel = G.select_gpus("none", two[1], two[0])
+    sel = S.select_gpus("none", two[1], two[0])
     assert (sel.mode, sel.gpus, sel.migs) == ("none", (), ())
     assert sel.visible_devices == "none"
 
 
 def test_all(two):
-    sel = G.select_gpus("all", two[1], two[0])
+    sel = S.select_gpus("all", two[1], two[0])
     assert sel.mode == "devices" and sel.gpus == two[1] and sel.migs == ()
     assert sel.visible_devices == f"{UUID_A},{UUID_B}"
-    assert G.select_gpus("all", (), None).gpus == ()
+    assert S.select_gpus("all", (), None).gpus == ()
 
 
 @pytest.mark.parametrize("spec", ["all,0", "none,0", "0,void"])
 def test_keywords_do_not_combine(two, spec):
     with pytest.raises(SelectionError, match="cannot be combined"):
-        G.select_gpus(spec, two[1], two[0])
+        S.select_gpus(spec, two[1], two[0])
 
 
 # --- selection: GPUs ---------------------------------------------------------------------------
@@ -170,33 +171,33 @@ def test_keywords_do_not_combine(two, spec):
     ("0,,1", [UUID_A, UUID_B]),                # empty items skipped
 ])
 def test_select_gpu_forms(two, spec, want):
-    sel = G.select_gpus(spec, two[1], two[0])
+    sel = S.select_gpus(spec, two[1], two[0])
     assert sel.mode == "devices" and sel.migs == ()
     assert uuids(sel) == want
     assert sel.visible_devices == ",".join(want)
 
 
 def test_select_without_host(two):
-    assert uuids(G.select_gpus("1", two[1])) == [UUID_B]
+    assert uuids(S.select_gpus("1", two[1])) == [UUID_B]
 
 
 def test_uppercase_hex_bus_id(three):
     host, gpus = three
-    assert uuids(G.select_gpus("0000:0A:00.0", gpus, host)) == [UUID_C]
-    assert G.select_gpus("2", gpus, host).gpus[0].minor == 2
+    assert uuids(S.select_gpus("0000:0A:00.0", gpus, host)) == [UUID_C]
+    assert S.select_gpus("2", gpus, host).gpus[0].minor == 2
 
 
 def test_index_out_of_range(two):
     with pytest.raises(SelectionError) as exc:
-        G.select_gpus("0,7", two[1], two[0])
+        S.select_gpus("0,7", two[1], two[0])
     assert "'7'" in str(exc.value) and "2 GPUs" in str(exc.value)
     with pytest.raises(SelectionError, match="no GPUs"):
-        G.select_gpus("0", (), None)
+        S.select_gpus("0", (), None)
 
 
 def test_ambiguous_prefix_names_candidates(two):
     with pytest.raises(SelectionError) as exc:
-        G.select_gpus("GPU-ec1c5bba", two[1], two[0])
+        S.select_gpus("GPU-ec1c5bba", two[1], two[0])
     msg = str(exc.value)
     assert "ambiguous" in msg and "'GPU-ec1c5bba'" in msg
     assert UUID_A in msg and UUID_B in msg
@@ -214,7 +215,7 @@ def test_ambiguous_prefix_names_candidates(two):
 ])
 def test_bad_items_name_themselves(two, spec, words):
     with pytest.raises(SelectionError) as exc:
-        G.select_gpus(spec, two[1], two[0])
+        S.select_gpus(spec, two[1], two[0])
     for w in words:
         assert w in str(exc.value)
 
@@ -222,9 +223,9 @@ def test_bad_items_name_themselves(two, spec, words):
 def test_plain_path_never_touches_nvml(two, monkeypatch):
     def boom(*a):
         raise AssertionError("NVML used on the plain path")
-    monkeypatch.setattr(G, "_nvml_mig_uuids", boom)
+    monkeypatch.setattr(S, "nvml_mig_uuids", boom)
     for spec in ("all", "none", "void", "0", UUID_A, "0000:06:00.0", "GPU-ec1c5bba-a"):
-        G.select_gpus(spec, two[1], two[0])
+        S.select_gpus(spec, two[1], two[0])
 
 
 # --- MIG -------------------------------------------------------------------------------------
@@ -238,7 +239,7 @@ def mig(tmp_path, monkeypatch):
 
     def no_nvml(gpus):
         raise ImportError("no NVML here")
-    monkeypatch.setattr(G, "_nvml_mig_uuids", no_nvml)
+    monkeypatch.setattr(S, "nvml_mig_uuids", no_nvml)
     return host, G.enumerate_gpus(host)
 
 
@@ -266,7 +267,7 @@ def test_mig_minors_from_access_files(tmp_path):
 
 def test_select_mig_by_index(mig):
     host, gpus = mig
-    sel = G.select_gpus("0:1", gpus, host)
+    sel = S.select_gpus("0:1", gpus, host)
     assert sel.mode == "devices"
     assert uuids(sel) == [UUID_A]                               # the parent's node too
     [m] = sel.migs
@@ -282,40 +283,40 @@ def test_select_mig_with_nvml_uuid(mig, monkeypatch):
     def fake_nvml(gpus_):
         calls.append(1)
         return {(UUID_A.lower(), 2, 0): "MIG-11111111-2222-3333-4444-555555555555"}
-    monkeypatch.setattr(G, "_nvml_mig_uuids", fake_nvml)
-    sel = G.select_gpus("0:2,1,0:0", gpus, host)
+    monkeypatch.setattr(S, "nvml_mig_uuids", fake_nvml)
+    sel = S.select_gpus("0:2,1,0:0", gpus, host)
     assert uuids(sel) == [UUID_A, UUID_B]
     assert [(m.gi, m.ci, m.uuid) for m in sel.migs] == [
         (2, 0, "MIG-11111111-2222-3333-4444-555555555555"), (1, 0, None)]
     assert calls == [1]                                         # NVML asked once
-    sel = G.select_gpus("MIG-11111111-2222-3333-4444-555555555555", gpus, host)
+    sel = S.select_gpus("MIG-11111111-2222-3333-4444-555555555555", gpus, host)
     [m] = sel.migs
     assert (m.gpu, m.gi, m.ci) == (gpus[0], 2, 0)
     assert m.cap_minors == (mig_minor(1, 2), mig_minor(1, 2, 0))
     with pytest.raises(SelectionError, match="MIG-99"):
-        G.select_gpus("MIG-99999999-2222-3333-4444-555555555555", gpus, host)
+        S.select_gpus("MIG-99999999-2222-3333-4444-555555555555", gpus, host)
 
 
 def test_select_mig_old_uuid_form_needs_no_nvml(mig):
     host, gpus = mig
-    sel = G.select_gpus(f"MIG-{UUID_A}/2/0", gpus, host)
+    sel = S.select_gpus(f"MIG-{UUID_A}/2/0", gpus, host)
     [m] = sel.migs
     assert (m.gpu, m.gi, m.ci, m.uuid) == (gpus[0], 2, 0, f"MIG-{UUID_A}/2/0")
     with pytest.raises(SelectionError, match="no\\s+GPU instance 5"):
-        G.select_gpus(f"MIG-{UUID_A}/5/0", gpus, host)
+        S.select_gpus(f"MIG-{UUID_A}/5/0", gpus, host)
 
 
 def test_mig_uuid_without_nvml_is_an_error(mig):
     host, gpus = mig
     with pytest.raises(SelectionError) as exc:
-        G.select_gpus("MIG-11111111-2222-3333-4444-555555555555", gpus, host)
+        S.select_gpus("MIG-11111111-2222-3333-4444-555555555555", gpus, host)
     assert "MIG-11111111-2222-3333-4444-555555555555" in str(exc.value)
     assert "NVML" in str(exc.value)
 
 
 def test_mig_dedupe_and_parent(mig):
     host, gpus = mig
-    sel = G.select_gpus("0:0,0:0,0", gpus, host)
+    sel = S.select_gpus("0:0,0:0,0", gpus, host)
     assert len(sel.migs) == 1 and uuids(sel) == [UUID_A]
 
 
@@ -327,18 +328,18 @@ def test_mig_dedupe_and_parent(mig):
 def test_mig_errors(mig, spec, words):
     host, gpus = mig
     with pytest.raises(SelectionError) as exc:
-        G.select_gpus(spec, gpus, host)
+        S.select_gpus(spec, gpus, host)
     for w in words:
         assert w in str(exc.value)
 
 
 def test_mig_needs_host(mig):
     with pytest.raises(SelectionError, match="'0:0'"):
-        G.select_gpus("0:0", mig[1], None)
+        S.select_gpus("0:0", mig[1], None)
 
 
 def test_all_includes_mig_devices(mig):
     host, gpus = mig
-    sel = G.select_gpus("all", gpus, host)
+    sel = S.select_gpus("all", gpus, host)
     assert sel.gpus == gpus
     assert [(m.gpu.index, m.gi, m.ci) for m in sel.migs] == [(0, 1, 0), (0, 1, 1), (0, 2, 0)]

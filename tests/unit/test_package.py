@@ -28,7 +28,25 @@ def test_an_unbuilt_checkout_runs_the_installed_copy(tmp_path):
     r = _python(cwd, "import sys; sys.path.insert(0, ''); import nvlaunch, nvlaunch.kernel.real; "
                      "print(nvlaunch.kernel.real.__file__)", pythonpath=REPO)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == os.path.join(REPO, "nvlaunch", "kernel.py")
+    assert r.stdout.strip() == os.path.join(REPO, "nvlaunch", "kernel", "real.py")
+    # not silently: the switch is said, naming both places
+    assert f"{cwd}/nvlaunch has no built syscall core" in r.stderr
+    assert os.path.join(REPO, "nvlaunch") in r.stderr
+
+
+def test_an_unbuilt_checkout_never_takes_another_version(tmp_path):
+    cwd = _unbuilt_checkout(tmp_path)
+    init = os.path.join(cwd, "nvlaunch", "__init__.py")
+    with open(init) as f:
+        text = f.read()
+    with open(init, "w") as f:
+        f.write(text.replace('\n__version__ = "', '\n__version__ = "9.', 1))
+    code = ("import sys; sys.path.insert(0, ''); from nvlaunch.core.errors import NvlaunchError\n"
+            "try:\n    import nvlaunch.kernel.real\nexcept NvlaunchError as e:\n    print(e)")
+    r = _python(cwd, code, pythonpath=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "nvlaunch._ns is not built" in r.stdout
+    assert "running the installed" not in r.stderr
 
 
 def test_an_unbuilt_checkout_alone_says_how_to_build(tmp_path):

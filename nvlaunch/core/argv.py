@@ -1,0 +1,75 @@
+"""Command-line options from a table per command: the one parser every subcommand uses.
+
+argparse costs more to import than a whole `run` takes to set up a container, so each
+command declares `{option: (key, takes a value, repeatable)}` and parse_command() applies
+the conventions they all share: `--opt=value` or `--opt value`, `--` ends options,
+`--help` prints the command's usage, an unknown option or extra argument is one
+UsageError naming it.  Stdlib only.
+"""
+from __future__ import annotations
+
+import sys
+
+from nvlaunch.core.errors import UsageError
+
+HELP = {"--help": ("help", False, False), "-h": ("help", False, False)}
+
+
+def parse_opts(args: list, table: dict, command: str, stop_at_positional: bool = True):
+    """Options from `table` until the first positional (or `--`); returns (opts, rest)."""
+    opts: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            if stop_at_positional:
+                break
+            opts.setdefault("_positional", []).append(arg)
+            i += 1
+            continue
+        name, eq, value = arg.partition("=")
+        if name not in table:
+            raise UsageError(f"{command}: unknown option {name}")
+        key, takes_value, repeat = table[name]
+        if takes_value:
+            if not eq:
+                i += 1
+                if i >= len(args):
+                    raise UsageError(f"{command}: option {name} needs a value")
+                value = args[i]
+        elif eq:
+            raise UsageError(f"{command}: option {name} takes no value")
+        else:
+            value = True
+        if repeat:
+            opts.setdefault(key, []).append(value)
+        else:
+            opts[key] = value
+        i += 1
+    return opts, args[i:]
+
+
+def parse_command(args: list, table: dict, command: str, usage: str | None = None,
+                  max_positional: int = 0):
+    """parse_opts plus the conventions every subcommand shares: `--help` (when the table
+    has it) prints `usage` and gives None; more than `max_positional` arguments left over
+    is an error naming the first extra one.  Returns (opts, positionals)."""
+    opts, rest = parse_opts(args, table, command)
+    if opts.get("help"):
+        sys.stdout.write(usage or "")
+        return None
+    if len(rest) > max_positional:
+        raise UsageError(f"{command}: unexpected argument {rest[max_positional]!r}")
+    return opts, rest
+
+
+def int_opt(opts: dict, key: str, flag: str) -> int:
+    val = opts.get(key, "0")
+    if not (str(val).isascii() and str(val).isdigit()):
+        raise UsageError(f"{flag} {val}: not a non-negative integer")
+    if int(val) >= 4294967295:   # (uid_t)-1 means "no change" to the kernel, not an id
+        raise UsageError(f"{flag} {val}: not a valid id (0..4294967294)")
+    return int(val)

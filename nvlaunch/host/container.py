@@ -1,0 +1,71 @@
+"""What a container rootfs holds, read inside it: its library directory, its ld.so.cache,
+which system libraries it has.
+
+A rootfs is hostile: every path is resolved inside it (host.inroot) and nothing here
+follows a link out of it.  Reads only; the writers are in exec/.
+"""
+from __future__ import annotations
+
+import os
+import stat
+
+from nvlaunch.core.errors import ContainerPathError
+from nvlaunch.host import ldcache
+from nvlaunch.host.inroot import resolve_in_root
+
+
+# Where a container keeps its libraries: Debian/Ubuntu multiarch, else the lib64 layout
+# (libnvidia-container decides on /etc/debian_version the same way).
+MULTIARCH_LIBDIR = "/usr/lib/x86_64-linux-gnu"
+
+
+LIB64_LIBDIR = "/usr/lib64"
+
+
+def container_libdir(root: str) -> str:
+    """The library directory of the rootfs at host path `root` (resolved inside it)."""
+    for probe in ("/etc/debian_version", MULTIARCH_LIBDIR, "/lib/x86_64-linux-gnu"):
+        if os.path.lexists(root.rstrip("/") + resolve_in_root(root, probe)):
+            return MULTIARCH_LIBDIR
+    return LIB64_LIBDIR
+
+
+# The dynamic loader's own search order when a name is not in its cache (ld.so(8)):
+# Debian's multiarch directories first, then the lib64 and plain defaults.
+DEFAULT_LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64",
+                    "/usr/lib64", "/lib", "/usr/lib")
+
+
+def libraries_present(root: str, names) -> set:
+    """Which of the library `names` the rootfs at host path `root` has: a non-empty file
+    (links followed inside the root) that its /etc/ld.so.cache names, or in a default
+    library directory.  Empty files do not count: they are the mount points a hook left
+    in a persistent rootfs on an earlier start (and the cache lines it wrote for them)."""
+    names = set(names)
+    found: set = set()
+    for e in container_cache(root):
+        if e.key in names and e.key not in found and _real_file(root, e.value):
+            found.add(e.key)
+    for name in names - found:
+        if any(_real_file(root, f"{d}/{name}") for d in DEFAULT_LIB_DIRS):
+            found.add(name)
+    return found
+
+
+def _real_file(root: str, path: str) -> bool:
+    try:
+        st = os.stat(root.rstrip("/") + resolve_in_root(root, path))
+    except (OSError, ContainerPathError):
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size > 0
+
+
+def container_cache(root: str) -> list:
+    """The entries of the ld.so.cache of the rootfs at host path `root` (resolved inside
+    it); [] for none, or one that cannot be read or parsed."""
+    try:
+        path = root.rstrip("/") + resolve_in_root(root, ldcache.LD_SO_CACHE)
+        with open(path, "rb") as f:
+            return ldcache.parse(f.read(), path)
+    except (OSError, ContainerPathError, ldcache.LdCacheError):
+        return []

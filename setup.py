@@ -18,6 +18,6 @@ setup(
     package_data={"nvlaunch": ["_ns.pyi", "py.typed"]},
     ext_modules=ext,
     python_requires=">=3.10",
-    install_requires=["pyroute2", "python-prctl", "nvidia-ml-py"],
+    install_requires=["pyroute2", "nvidia-ml-py"],
     scripts=["bin/nvlaunch"],   # a plain script: see its header for why not an entry point
 )

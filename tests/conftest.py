@@ -59,7 +59,6 @@ def world_tmp_path(world_tmp, request):
 @pytest.fixture(scope="session")
 def stage_dir():
     """A world-readable copy of nvlaunch and its dependencies, for other users."""
-    import prctl
     import pyroute2
     d = tempfile.mkdtemp(prefix="nvlaunch-stage-")
     os.chmod(d, 0o755)
@@ -67,9 +66,6 @@ def stage_dir():
                     ignore=shutil.ignore_patterns("__pycache__", "*.c"))
     shutil.copytree(os.path.dirname(pyroute2.__file__), os.path.join(d, "pyroute2"),
                     ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(prctl.__file__, d)
-    import _prctl
-    shutil.copy2(_prctl.__file__, d)
     subprocess.run(["chmod", "-R", "a+rX", d], check=True)
     yield d
     shutil.rmtree(d, ignore_errors=True)

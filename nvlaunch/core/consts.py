@@ -87,7 +87,25 @@ BPF_DEVCG_DEV_CHAR = 2
 
 # linux/prctl.h
 PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+
+# linux/capability.h: capability name -> number.  Numbers above what the running kernel
+# knows answer EINVAL to PR_CAPBSET_DROP, and are skipped.
+CAPABILITIES = {
+    "chown": 0, "dac_override": 1, "dac_read_search": 2, "fowner": 3, "fsetid": 4,
+    "kill": 5, "setgid": 6, "setuid": 7, "setpcap": 8, "linux_immutable": 9,
+    "net_bind_service": 10, "net_broadcast": 11, "net_admin": 12, "net_raw": 13,
+    "ipc_lock": 14, "ipc_owner": 15, "sys_module": 16, "sys_rawio": 17, "sys_chroot": 18,
+    "sys_ptrace": 19, "sys_pacct": 20, "sys_admin": 21, "sys_boot": 22, "sys_nice": 23,
+    "sys_resource": 24, "sys_time": 25, "sys_tty_config": 26, "mknod": 27, "lease": 28,
+    "audit_write": 29, "audit_control": 30, "setfcap": 31, "mac_override": 32,
+    "mac_admin": 33, "syslog": 34, "wake_alarm": 35, "block_suspend": 36, "audit_read": 37,
+    "perfmon": 38, "bpf": 39, "checkpoint_restore": 40,
+}
+# Dropped up to this number and beyond what the table names, so that a capability newer
+# than this table is dropped too (the kernel answers EINVAL past its own last one).
+CAP_LAST_KNOWN = 63
 
 # Linux capabilities a container keeps as root, the same default set as runc and
 # podman: everything else is dropped from the bounding set.

@@ -4,17 +4,7 @@ Used as root by the OCI hook (and by `run` for its own containers): the runtime 
 already set a deny-by-default device policy, and the GPU nodes nvlaunch adds must be
 allowed in it or open(2) fails with EPERM ("Failed to initialize NVML: Unknown Error").
 
-Finding the cgroup (find_cgroup)
-    /proc/PID/cgroup lists "hierarchy-ID:controllers:path" per hierarchy (cgroups(7)).
-    On a hybrid host both a v1 "N:devices:/x" line and the v2 "0::/y" line are there;
-    the v1 devices controller is the one the runtime used then, so it wins, unless the
-    process sits in the v1 root (which allows every device: the runtime did not use v1)
-    or no v1 devices hierarchy is mounted where the runtime runs (a runtime that sees
-    only cgroup2 at /sys/fs/cgroup, as on a v2-only host, uses eBPF).  The path is
-    relative to the root of the reader's cgroup namespace; the mount point comes from
-    mountinfo (proc(5)), whose 4th field is the root of the mount inside the hierarchy
-    (not "/" for nested or cgroupns mounts, and starting with "/.." when the cgroup is
-    outside the mount: rejected, like libnvidia-container's find_device_cgroup_path()).
+Finding the cgroup is host.cgroups (find_cgroup).
 
 cgroup v1 (devices.allow)
     One rule per write(2) to devices.allow: the kernel parses one rule per write
@@ -51,40 +41,16 @@ import os
 import resource
 from collections.abc import Callable, Iterable
 
-from nvlaunch.plan import bpf
 from nvlaunch.core.consts import (
     BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI, BPF_F_REPLACE, BPF_PROG_TYPE_CGROUP_DEVICE,
 )
-from nvlaunch.plan.devices import DeviceRule, normalize_access, parse_v1_line
-from nvlaunch.core.errors import CgroupError
-from nvlaunch.core.records import record
-from nvlaunch.host.view import HostView, is_initial_root
+from nvlaunch.core.errors import CgroupError, hint_for
+from nvlaunch.core.log import log
+from nvlaunch.host.cgroups import CgroupTarget, find_cgroup, needs_cgroup_rules
 from nvlaunch.kernel.real import REAL
-
-class _Log:
-    """Debug lines on stderr with NVLAUNCH_DEBUG=1 (the logging module costs a hook more
-    to import than its whole cgroup step), or into `sink` (the hook's own log, which
-    also keeps NVLAUNCH_DEBUG_FILE) when the caller sets one.  Warnings always reach
-    stderr."""
-    sink = None
-
-    def debug(self, fmt: str, *args) -> None:
-        msg = "cgroup: " + (fmt % args)
-        if self.sink is not None:
-            self.sink(msg)
-        elif os.environ.get("NVLAUNCH_DEBUG") == "1":
-            import sys
-            sys.stderr.write("nvlaunch: debug: " + msg + "\n")
-
-    def warning(self, fmt: str, *args) -> None:
-        import sys
-        msg = "cgroup: " + (fmt % args)
-        sys.stderr.write("nvlaunch: warning: " + msg + "\n")
-        if self.sink is not None:
-            self.sink("warning: " + msg, file_only=True)
-
-
-log = _Log()
+from nvlaunch.plan import bpf
+from nvlaunch.plan.devices import DeviceRule, normalize_access, parse_v1_line, rules_for_nodes
+from nvlaunch.plan.records import Plan
 
 LICENSE = "Apache"            # what runc, crun and libnvidia-container load theirs with
 QUERY_START_IDS = 64          # BPF_PROG_QUERY id slots first tried (runc: 64)
@@ -92,143 +58,9 @@ QUERY_MAX_IDS = 64 << 10
 LOG_START = 64 << 10          # verifier log sizes tried after a failed load
 LOG_MAX = 16 << 20
 
-_HINTS = {
-    errno.EPERM: "loading or attaching cgroup device programs needs CAP_SYS_ADMIN "
-                 "(and CAP_BPF) in the initial user namespace; an LSM may also refuse it",
-    errno.EACCES: "an LSM (SELinux, AppArmor) or a locked-down kernel refused access",
-    errno.ENOENT: "the cgroup or one of its device programs went away meanwhile "
-                  "(did the container exit, or its runtime update the rules?)",
-}
-
-
-@record
-class CgroupTarget:
-    """The cgroup directory whose device policy we change: v1 devices or v2 unified."""
-    version: int
-    path: str
 
 
 # ---- where is the cgroup ---------------------------------------------------------
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo (show_mountinfo()
-    # -> seq_path_root()/mangle() in fs/proc_namespace.c).
-    parts = field.split("\\")
-    out = [parts[0]]
-    for part in parts[1:]:
-        code = part[:3]
-        if len(code) == 3 and all(c in "01234567" for c in code):
-            out.append(chr(int(code, 8)) + part[3:])
-        else:
-            out.append("\\" + part)
-    return "".join(out)
-
-
-def parse_proc_cgroup(text: str) -> tuple[str | None, str | None]:
-    """(/proc/PID/cgroup text) -> (v1 devices path, v2 path), either None if absent.
-
-    Lines are "hierarchy-ID:controller-list:cgroup-path" (cgroups(7)); the path may
-    itself hold ':' (systemd's "slice:prefix:name" for containerd), so split twice
-    only.  Lines that are not ours ("1:net_cls:/", "9:name=systemd:/") are skipped, not
-    errors: NVIDIA's v2 parser failed on exactly those (libnvidia-container#150).
-    """
-    v1 = v2 = None
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hier, controllers, path = parts
-        if hier == "0" and controllers == "":
-            v2 = path
-        elif "devices" in controllers.split(","):
-            v1 = path
-    return v1, v2
-
-
-@record
-class MountEntry:
-    root: str
-    mount_point: str
-    fstype: str
-    super_options: tuple[str, ...]
-
-
-def parse_mountinfo(text: str) -> list[MountEntry]:
-    """proc(5) mountinfo: "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE
-    SOURCE SUPEROPTS"; the optional fields end at the lone "-"."""
-    out = []
-    for line in text.splitlines():
-        fields = line.split()
-        if "-" not in fields[6:]:
-            continue
-        sep = fields.index("-", 6)
-        if len(fields) < sep + 4:
-            continue
-        out.append(MountEntry(_unescape(fields[3]), _unescape(fields[4]), fields[sep + 1],
-                              tuple(fields[sep + 3].split(","))))
-    return out
-
-
-def _components(path: str) -> list[str]:
-    return [c for c in path.split("/") if c not in ("", ".")]
-
-
-def _resolve(mounts: list[MountEntry], cg_path: str, want: Callable[[MountEntry], bool],
-             what: str) -> str:
-    """The directory of cgroup `cg_path` under the first mount of the hierarchy that
-    contains it; the mount root is stripped from the path (nested mounts)."""
-    parts = _components(cg_path)
-    if ".." in parts:
-        raise CgroupError(f"{what} cgroup path {cg_path!r} contains '..'")
-    seen = []
-    for m in mounts:
-        if not want(m):
-            continue
-        root = _components(m.root)
-        seen.append(m.root)
-        # A root with ".." means the cgroup namespace root is below the mount's root
-        # or elsewhere: its paths do not line up with ours.
-        if ".." in root or parts[:len(root)] != root:
-            continue
-        rest = parts[len(root):]
-        return "/".join([m.mount_point.rstrip("/")] + rest) if rest else m.mount_point
-    if not seen:
-        raise CgroupError(f"no {what} hierarchy is mounted (mountinfo has none)")
-    raise CgroupError(f"{what} cgroup {cg_path!r} is outside every mount of the hierarchy "
-                      f"(mount roots: {', '.join(seen)})")
-
-
-def find_cgroup(pid: int | str, proc_root: str = "/",
-                mountinfo_pid: int | str = "self") -> CgroupTarget:
-    """The device cgroup of process `pid`: v1 devices if the runtime used it, else v2.
-
-    Mount points come from /proc/<mountinfo_pid>/mountinfo: "self" for a caller in the
-    host's mount namespace (the hook), the runtime's pid otherwise (NVIDIA reads the
-    parent runtime's).  `proc_root` relocates /proc for tests.
-    """
-    host = HostView(proc_root=proc_root)
-    cg_file = host.proc(f"/proc/{pid}/cgroup")
-    mi_file = host.proc(f"/proc/{mountinfo_pid}/mountinfo")
-    try:
-        with open(cg_file) as f:
-            v1, v2 = parse_proc_cgroup(f.read())
-        with open(mi_file) as f:
-            mounts = parse_mountinfo(f.read())
-    except OSError as err:
-        raise CgroupError(f"read {err.filename}: {err.strerror}") from err
-    is_v1_devices = lambda m: m.fstype == "cgroup" and "devices" in m.super_options  # noqa: E731
-    if v1 is not None and (v2 is None or (_components(v1) and any(map(is_v1_devices, mounts)))):
-        return CgroupTarget(1, _resolve(mounts, v1, is_v1_devices, "v1 devices"))
-    if v2 is not None:
-        return CgroupTarget(2, _resolve(mounts, v2, lambda m: m.fstype == "cgroup2",
-                                        "cgroup2"))
-    raise CgroupError(f"{cg_file}: no devices or unified cgroup line")
-
-
-def needs_cgroup_rules(proc_root: str = "/") -> bool:
-    """True for root in the initial user namespace: the only caller that can (and must)
-    change device rules (host.is_initial_root)."""
-    return is_initial_root(proc_root)
 
 
 # ---- undo ------------------------------------------------------------------------
@@ -307,7 +139,7 @@ def allow_devices(target: CgroupTarget, rules: Iterable[DeviceRule], kernel=REAL
         _undo_quietly(undo)
         err = failed.err
         raise CgroupError(f"cgroup {target.path}: {failed.what}: {err.strerror or err}",
-                          _HINTS.get(err.errno)) from err
+                          hint_for(err.errno, "bpf"), errno=err.errno) from err
     except BaseException:
         _undo_quietly(undo)
         raise
@@ -318,7 +150,7 @@ def _undo_quietly(undo: Undo) -> None:
     try:
         undo.undo()
     except CgroupError as err:     # the first error is the one to report
-        log.warning("%s", err)
+        log.warning(f"cgroup: {err}")
 
 
 class _StepFailed(Exception):
@@ -355,7 +187,7 @@ def _allow_v1(path: str, rules: tuple[DeviceRule, ...], kernel, undo: Undo) -> N
         else:
             access = normalize_access(set(rule.access) - granted.get(rule.key, set()))
             if not access:
-                log.debug("%s: %s already allowed", path, rule.to_v1_line())
+                log(f"cgroup: {path}: {rule.to_v1_line()} already allowed")
                 continue
         line = DeviceRule(rule.type, rule.major, rule.minor, access).to_v1_line()
         try:
@@ -422,7 +254,7 @@ def _allow_v2(path: str, rules: tuple[DeviceRule, ...], kernel, undo: Undo) -> N
     if not ids:
         # No program on this cgroup: every device is allowed as far as it is concerned
         # (an ancestor's programs still apply, and we cannot change those).
-        log.debug("%s: no device program attached; all devices allowed already", path)
+        log(f"cgroup: {path}: no device program attached; all devices allowed already")
         return
     if attach_flags & BPF_F_ALLOW_MULTI:
         flags = BPF_F_ALLOW_MULTI | BPF_F_REPLACE
@@ -459,8 +291,26 @@ def _allow_v2(path: str, rules: tuple[DeviceRule, ...], kernel, undo: Undo) -> N
         undo._add(f"replace {what}",
                   lambda o=old_fd, b=back: kernel.bpf_prog_attach(o, cg_fd, BPF_CGROUP_DEVICE,
                                                                  flags, b))
-        log.debug("%s: %s replaced by a program with %d more rules", path, what, len(rules))
+        log(f"cgroup: {path}: {what} replaced by a program with {len(rules)} more rules")
 
 
-__all__ = ["CgroupTarget", "Undo", "allow_devices", "find_cgroup", "needs_cgroup_rules",
-           "load_device_program", "parse_proc_cgroup", "parse_mountinfo"]
+def allow_plan_devices(plan: Plan, pid: int | str, no_cgroups: bool = False) -> Undo | None:
+    """Allow the plan's device nodes in the device cgroup of process `pid` ("self": the
+    caller's own, as a createContainer hook runs inside the container's cgroup); returns
+    the Undo, or None when nothing was (or could be) done: no device nodes, switched off,
+    or not root in the initial user namespace (a rootless runtime's own policy decides)."""
+    rules = rules_for_nodes(plan.devices)
+    if not rules:
+        return None
+    if no_cgroups:
+        log("cgroup: --no-cgroups / NVLAUNCH_NO_CGROUPS: no device rules added")
+        return None
+    if not needs_cgroup_rules("/"):
+        log("cgroup: not root in the initial user namespace (rootless runtime): no device "
+            "cgroup writes; device access is what the runtime's own policy allows")
+        return None
+    target = find_cgroup(pid, "/", "self")
+    undo = allow_devices(target, rules)
+    log(f"cgroup v{target.version} {target.path}: allowed "
+        + ", ".join(r.to_v1_line() for r in rules))
+    return undo

@@ -10,16 +10,18 @@ mount namespace, which the runtime tears down when the hook fails.
 """
 from __future__ import annotations
 
-import errno
 import os
 import stat
 
 from nvlaunch.core import consts as C
 from nvlaunch.core import errors as E
-from nvlaunch.plan.records import (BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile, bind_flags,
-                           source_usable)
-from nvlaunch.exec.inroot import make_in_root, open_in_root
+from nvlaunch.exec.inroot import make_in_root, open_in_root, write_new
+from nvlaunch.exec.ldcache_writer import write_in_root
+from nvlaunch.exec.mounts import TMPFS_FLAGS, tmpfs_place
 from nvlaunch.host.inroot import resolve_in_root
+from nvlaunch.kernel.real import REAL
+from nvlaunch.plan.records import (BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile,
+                                   bind_flags, bind_wanted)
 
 
 class Injector:
@@ -28,7 +30,7 @@ class Injector:
     def __init__(self, kernel, rootfs: str):
         self.kernel = kernel
         self.rootfs = rootfs
-        self.rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.rootfd = kernel.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.created: list[str] = []     # container paths this run created, in order
         self.mounted: list[str] = []     # container paths this run mounted on, in order
         self.dirs: dict = {}             # parent path -> O_PATH fd, for make_in_root
@@ -36,13 +38,14 @@ class Injector:
 
     def close(self) -> None:
         for fd in self.dirs.values():
-            os.close(fd)
+            self.kernel.close(fd)
         self.dirs.clear()
-        os.close(self.rootfd)
+        self.kernel.close(self.rootfd)
 
-    def _exists(self, path: str) -> bool:
+    def _is_dir(self, path: str) -> bool:
         try:
-            os.close(open_in_root(self.kernel, self.rootfd, path, os.O_PATH | os.O_NOFOLLOW))
+            self.kernel.close(open_in_root(self.kernel, self.rootfd, path,
+                                           os.O_PATH | os.O_DIRECTORY))
             return True
         except OSError:
             return False
@@ -83,14 +86,14 @@ class Injector:
             if flags & ~C.MS_REC:
                 # The fd still names the inode under the new mount: reopen the path,
                 # which now leads to the mount's root, and remount that.
-                os.close(fd)
+                self.kernel.close(fd)
                 fd = open_in_root(self.kernel, self.rootfd, path, os.O_PATH)
                 self.kernel.remount_bind(f"/proc/self/fd/{fd}", flags)
         except OSError as err:
             raise E.MountError("bind" if bind else "mount", shown_source or source, path,
                                C.flags_str(flags | (C.MS_BIND if bind else 0)), err) from err
         finally:
-            os.close(fd)
+            self.kernel.close(fd)
 
     def undo(self) -> None:
         """Detach what mount_on() mounted, then remove what make() created, newest first.
@@ -106,7 +109,7 @@ class Injector:
             except OSError:
                 pass
             finally:
-                os.close(fd)
+                self.kernel.close(fd)
         self.mounted.clear()
         for path in reversed(self.created):
             parent, _, name = path.rpartition("/")
@@ -117,27 +120,25 @@ class Injector:
             try:
                 st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
-                    os.rmdir(name, dir_fd=pfd)
+                    self.kernel.rmdir(name, dir_fd=pfd)
                 else:
-                    os.unlink(name, dir_fd=pfd)
+                    self.kernel.unlink(name, dir_fd=pfd)
             except OSError:
                 pass
             finally:
-                os.close(pfd)
+                self.kernel.close(pfd)
         self.created.clear()
 
 
 def inject(plan: Plan, rootfs: str, kernel=None) -> Injector:
     """Apply `plan` under `rootfs` (already in the container's mount namespace).
     Returns the Injector (its .created says what was made); undoes and raises on error."""
-    if kernel is None:
-        from nvlaunch.kernel.real import REAL as kernel
+    kernel = kernel or REAL
     inj = Injector(kernel, rootfs)
     try:
         for entry in plan.entries:
             _apply(inj, entry)
         if plan.ldcache:
-            from nvlaunch.exec.ldcache_writer import write_in_root
             write_in_root(kernel, inj.rootfd, plan.ldcache)
         return inj
     except BaseException:
@@ -149,7 +150,7 @@ def inject(plan: Plan, rootfs: str, kernel=None) -> Injector:
 
 def _apply(inj: Injector, entry) -> None:
     if isinstance(entry, (BindFile, BindDevice, BindDir)):
-        if not source_usable(entry, entry.src):
+        if not bind_wanted(entry, os.path.exists(entry.src)):
             return
         is_dir = isinstance(entry, BindDir) and os.path.isdir(entry.src)
         inj.make(entry.dst, "dir" if is_dir else "file", 0o755 if is_dir else 0o644)
@@ -163,40 +164,27 @@ def _apply(inj: Injector, entry) -> None:
         inj.make(parent, "dir")
         pfd = open_in_root(inj.kernel, inj.rootfd, parent, os.O_PATH | os.O_DIRECTORY)
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         entry.mode, dir_fd=pfd)
-            with os.fdopen(fd, "wb") as f:
-                f.write(entry.data)
+            write_new(inj.kernel, pfd, name, entry.data, entry.mode, replace=True)
         finally:
-            os.close(pfd)
+            inj.kernel.close(pfd)
     else:
         raise TypeError(f"unknown plan entry {entry!r}")
 
 
 def _tmpfs(inj: Injector, entry: Tmpfs) -> None:
-    """A tmpfs at entry.dst.  Under /proc nothing can be created, so where the directory
-    does not exist (a host without /proc/driver/nvidia, e.g. a test tree) the tmpfs goes
-    on the nearest existing ancestor and the rest is made inside it."""
-    where, missing = entry.dst, []
-    while not inj._exists(where):
-        where, _, name = where.rpartition("/")
-        missing.insert(0, name)
-        if not where:
-            raise E.ContainerPathError(f"{entry.dst}: no parent directory in the container")
-    if where == "/proc" or (not where.startswith("/proc/") and missing):
-        # never cover all of /proc; outside /proc just create the directory normally
-        if where == "/proc":
-            raise E.ContainerPathError(f"{entry.dst}: /proc/driver is missing in the container")
+    """A tmpfs at entry.dst (mounts.tmpfs_place: on the nearest existing ancestor under
+    /proc, where nothing can be created); outside /proc a missing directory is made."""
+    if not entry.dst.startswith("/proc/") and not inj._is_dir(entry.dst):
         inj.make(entry.dst, "dir")
-        where, missing = entry.dst, []
-    inj.mount_on(where, "tmpfs", "tmpfs", C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC,
-                 "mode=0755" if missing else entry.options)
+    where, missing = tmpfs_place(entry.dst, inj._is_dir)
+    inj.mount_on(where, "tmpfs", "tmpfs", TMPFS_FLAGS, "mode=0755" if missing else entry.options)
     for name in missing:
         where += "/" + name
+        parent = open_in_root(inj.kernel, inj.rootfd, where.rpartition("/")[0] or "/",
+                              os.O_PATH | os.O_DIRECTORY)
         try:
-            os.mkdir(os.path.join(f"/proc/self/fd/{inj.rootfd}", where.lstrip("/")), 0o555)
+            inj.kernel.mkdir(name, 0o555, dir_fd=parent)
         except FileExistsError:
             pass
-        except OSError as err:
-            if err.errno != errno.EEXIST:
-                raise
+        finally:
+            inj.kernel.close(parent)

@@ -29,10 +29,10 @@ def open_in_root(kernel, rootfd: int, path: str, flags: int = os.O_PATH) -> int:
             raise
     root = os.readlink(f"/proc/self/fd/{rootfd}")
     canon = resolve_in_root(root, path)
-    fd = os.open(canon.lstrip("/") or ".", flags | os.O_NOFOLLOW, dir_fd=rootfd)
+    fd = kernel.open(canon.lstrip("/") or ".", flags | os.O_NOFOLLOW, dir_fd=rootfd)
     real = os.readlink(f"/proc/self/fd/{fd}")
     if real != root and not real.startswith(root.rstrip("/") + "/"):
-        os.close(fd)
+        kernel.close(fd)
         raise ContainerPathError(f"{path}: resolves outside the container rootfs")
     return fd
 
@@ -57,13 +57,13 @@ def make_in_root(kernel, rootfd: int, path: str, kind: str, mode: int = 0o755,
     try:
         if kind == "dir":
             try:
-                os.mkdir(name, mode, dir_fd=pfd)
+                kernel.mkdir(name, mode, dir_fd=pfd)
             except FileExistsError:
                 if not stat.S_ISDIR(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode):
                     raise ContainerPathError(f"{path}: exists in the rootfs and is not a directory") from None
         elif kind == "file":
             try:
-                os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                kernel.close(kernel.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
                                  mode, dir_fd=pfd))
             except FileExistsError:
                 st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
@@ -72,12 +72,12 @@ def make_in_root(kernel, rootfd: int, path: str, kind: str, mode: int = 0o755,
                     # (never follow it); a directory is an error.
                     if stat.S_ISDIR(st.st_mode):
                         raise ContainerPathError(f"{path}: exists in the rootfs as a directory") from None
-                    os.unlink(name, dir_fd=pfd)
-                    os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
+                    kernel.unlink(name, dir_fd=pfd)
+                    kernel.close(kernel.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
                                      | os.O_CLOEXEC, mode, dir_fd=pfd))
         elif kind == "link":
             try:
-                os.symlink(target, name, dir_fd=pfd)
+                kernel.symlink(target, name, dir_fd=pfd)
             except FileExistsError:
                 try:
                     if os.readlink(name, dir_fd=pfd) == target:
@@ -86,13 +86,13 @@ def make_in_root(kernel, rootfd: int, path: str, kind: str, mode: int = 0o755,
                     pass
                 # Atomic replace: a temporary link renamed over the old entry.
                 tmp = f".{name}.nvlaunch-{os.getpid()}"
-                os.symlink(target, tmp, dir_fd=pfd)
-                os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+                kernel.symlink(target, tmp, dir_fd=pfd)
+                kernel.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
         else:
             raise ValueError(kind)
     finally:
         if dirs is None:
-            os.close(pfd)
+            kernel.close(pfd)
 
 
 def mkdirs_in_root(kernel, rootfd: int, path: str, mode: int = 0o755, _depth: int = 0) -> int:
@@ -101,21 +101,21 @@ def mkdirs_in_root(kernel, rootfd: int, path: str, mode: int = 0o755, _depth: in
     as `mkdir -p` in the container would."""
     if _depth > MAXSYMLINKS:
         raise ContainerPathError(f"{path}: too many levels of symbolic links in the rootfs")
-    fd = os.dup(rootfd)
+    fd = kernel.dup(rootfd)
     try:
         for name in [p for p in path.split("/") if p and p != "."]:
             if name == "..":
                 raise ContainerPathError(f"{path}: '..' in a container path")
             try:
-                os.mkdir(name, mode, dir_fd=fd)
+                kernel.mkdir(name, mode, dir_fd=fd)
             except FileExistsError:
                 pass
             nfd = _open_dir_in(kernel, rootfd, fd, name, path, _depth)
-            os.close(fd)
+            kernel.close(fd)
             fd = nfd
         return fd
     except BaseException:
-        os.close(fd)
+        kernel.close(fd)
         raise
 
 
@@ -123,7 +123,7 @@ def _open_dir_in(kernel, rootfd: int, dirfd: int, name: str, whole: str, depth: 
     """Open `name` under `dirfd` as a directory; if it is a symlink, resolve it inside the
     root (not against the host), which is what the container would see."""
     try:
-        return os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+        return kernel.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
     except OSError as err:
         if err.errno not in (errno.ELOOP, errno.ENOTDIR):
             raise
@@ -142,3 +142,15 @@ def _open_dir_in(kernel, rootfd: int, dirfd: int, name: str, whole: str, depth: 
         return mkdirs_in_root(kernel, rootfd, resolve_in_root(root, dest), _depth=depth + 1)
 
 
+
+
+def write_new(kernel, dirfd: int, name: str, data: bytes, mode: int, replace: bool = False) -> None:
+    """Create `name` in the directory `dirfd` (never following a link there) holding
+    `data`; an existing file is an error unless `replace` (then it is truncated)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags |= os.O_TRUNC if replace else os.O_EXCL
+    fd = kernel.open(name, flags, mode, dir_fd=dirfd)
+    try:
+        kernel.write_all(fd, data)
+    finally:
+        kernel.close(fd)

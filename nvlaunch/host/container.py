@@ -69,3 +69,13 @@ def container_cache(root: str) -> list:
             return ldcache.parse(f.read(), path)
     except (OSError, ContainerPathError, ldcache.LdCacheError):
         return []
+
+
+def proc_mounted(root: str) -> bool:
+    """Whether the rootfs at host path `root` has a procfs at /proc already (its
+    /proc/self is the kernel's magic link), as with lxc.mount.auto = proc:..."""
+    try:
+        where = resolve_in_root(root, "/proc")
+    except ContainerPathError:
+        return False
+    return os.path.islink(root.rstrip("/") + where + "/self")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from nvlaunch.core.records import record
 
-from nvlaunch.core.errors import DiscoveryError, SelectionError
+from nvlaunch.core.errors import DiscoveryError
 from nvlaunch.host.view import HostView, read_text
 
 GPUS_DIR = "/proc/driver/nvidia/gpus"

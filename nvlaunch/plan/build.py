@@ -20,7 +20,7 @@ from nvlaunch.plan.capabilities import devices_for, files_for, parse_capabilitie
 from nvlaunch.plan.records import (IF_ABSENT, OPTIONAL, REQUIRED, BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs,
                            WriteFile)
 from nvlaunch.plan.request import Request
-from nvlaunch.plan.selection import Selection, select_gpus
+from nvlaunch.plan.selection import select_gpus
 
 PROC_NVIDIA = "/proc/driver/nvidia"
 # Files copied into the container's /proc/driver/nvidia; params gets ModifyDeviceFiles: 0

@@ -11,6 +11,7 @@ rootfs, and the CDI spec turns the same records into containerEdits.
 from __future__ import annotations
 
 from nvlaunch.core import consts as C
+from nvlaunch.core.errors import DiscoveryError
 from nvlaunch.core.records import record, replace
 
 # How the executor treats a host source that is missing at apply time (Charliecloud's
@@ -103,15 +104,17 @@ def bind_flags(entry) -> int:
     return flags
 
 
-def source_usable(entry, path: str) -> bool:
-    """Whether a bind's source (seen at `path`) is there; a missing OPTIONAL source is
-    skipped (False), a missing REQUIRED one is an error."""
-    import os
-    if os.path.exists(path):
+def bind_wanted(entry, source_exists: bool) -> bool:
+    """The bind policy, in one place for every executor: whether a bind whose host source
+    does (not) exist is made.  A missing OPTIONAL source is skipped, a missing REQUIRED
+    one is an error; IF_ABSENT must have been settled for the rootfs (settle_absent)."""
+    policy = getattr(entry, "policy", REQUIRED)
+    if policy == IF_ABSENT:
+        raise ValueError(f"{entry.dst}: an if-absent bind not settled for this rootfs")
+    if source_exists:
         return True
-    if getattr(entry, "policy", REQUIRED) == OPTIONAL:
+    if policy == OPTIONAL:
         return False
-    from nvlaunch.core.errors import DiscoveryError
     raise DiscoveryError(f"{entry.src}: driver file missing")
 
 
@@ -132,3 +135,11 @@ def settle_absent(plan: "Plan", present) -> "Plan":
         entries.append(e)
     return replace(plan, entries=tuple(entries),
                          ldcache=tuple(p for p in plan.ldcache if p[1] not in dropped))
+
+
+def without_proc(plan: Plan) -> Plan:
+    """The plan less its /proc/driver/nvidia view (for a rootfs whose /proc is mounted
+    only after the hook ran, so that a view made now would be hidden)."""
+    keep = tuple(e for e in plan.entries
+                 if not (e.link if isinstance(e, Symlink) else e.dst).startswith("/proc/"))
+    return replace(plan, entries=keep)

@@ -22,10 +22,12 @@ import traceback
 
 import pytest
 
+from tests.fakes import FakeKernel as _Fake
+
 from nvlaunch.plan import bpf
-from nvlaunch.exec.cgroup import (
-    CgroupTarget, allow_devices, find_cgroup, load_device_program, needs_cgroup_rules,
-    parse_mountinfo, parse_proc_cgroup,
+from nvlaunch.exec.cgroup import allow_devices, load_device_program
+from nvlaunch.host.cgroups import (
+    CgroupTarget, find_cgroup, needs_cgroup_rules, parse_mountinfo, parse_proc_cgroup,
 )
 from nvlaunch.core.consts import (
     BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI, BPF_F_REPLACE, BPF_PROG_TYPE_CGROUP_DEVICE,
@@ -153,56 +155,10 @@ def test_needs_cgroup_rules(tmp_path):
 
 # ---- allow_devices against a recording fake kernel --------------------------------
 
-class FakeKernel:
-    """Records (name, args); `fail` maps (name, nth call) -> errno to raise."""
-
-    def __init__(self, fail=None, progs=(10, 11), attach_flags=BPF_F_ALLOW_MULTI):
-        self.calls = []
-        self.fail = dict(fail or {})
-        self.counts = {}
-        self.progs = list(progs)
-        self.attach_flags = attach_flags
-        self.closed = []
-        self.old = bpf.compile_rules([NULL])
-
-    def _call(self, name, *args):
-        self.calls.append((name, args))
-        n = self.counts[name] = self.counts.get(name, 0) + 1
-        err = self.fail.get((name, n))
-        if err:
-            raise OSError(err, os.strerror(err))
-
-    def write_file(self, path, data):
-        self._call("write_file", path, data)
-
-    def open(self, path, flags):
-        self._call("open", path)
-        return 3
-
-    def close(self, fd):
-        self.closed.append(fd)
-
-    def bpf_prog_query(self, fd, attach_type, max_ids):
-        self._call("bpf_prog_query", fd, attach_type, max_ids)
-        return self.attach_flags, list(self.progs)
-
-    def bpf_prog_get_fd_by_id(self, prog_id):
-        self._call("bpf_prog_get_fd_by_id", prog_id)
-        return 100 + prog_id
-
-    def bpf_prog_xlated_insns(self, fd):
-        self._call("bpf_prog_xlated_insns", fd)
-        return self.old
-
-    def bpf_prog_load(self, prog_type, insns, license, log_size):
-        self._call("bpf_prog_load", prog_type, len(insns), license, log_size)
-        return 200 + self.counts["bpf_prog_load"]
-
-    def bpf_prog_attach(self, prog_fd, target_fd, attach_type, flags, replace_fd):
-        self._call("bpf_prog_attach", prog_fd, target_fd, attach_type, flags, replace_fd)
-
-    def named(self, name):
-        return [args for n, args in self.calls if n == name]
+def FakeKernel(**kw):
+    """The shared recording fake (tests/fakes.py), as a cgroup with two device programs
+    attached looks to it."""
+    return _Fake(virtual_files=True, old_program=bpf.compile_rules([NULL]), **kw)
 
 
 def v1_dir(tmp_path, listing):
@@ -258,7 +214,7 @@ def test_v2_replaces_each_program_atomically():
     assert k.named("open") == [("/cg",)]
     assert k.named("bpf_prog_query") == [(3, BPF_CGROUP_DEVICE, 64)]
     assert k.named("bpf_prog_get_fd_by_id") == [(10,), (11,)]
-    new_len = len(bpf.prepend_rules([GPU0], k.old))
+    new_len = len(bpf.prepend_rules([GPU0], k.old_program))
     assert k.named("bpf_prog_load") == [(BPF_PROG_TYPE_CGROUP_DEVICE, new_len, "Apache", 0)] * 2
     assert k.named("bpf_prog_attach") == [(201, 3, BPF_CGROUP_DEVICE, multi_replace, 110),
                                           (202, 3, BPF_CGROUP_DEVICE, multi_replace, 111)]
@@ -321,7 +277,7 @@ def test_v2_unreadable_program_is_an_error_not_skipped():
 
 def test_v2_program_we_cannot_reload_is_an_error():
     k = FakeKernel()
-    k.old = bpf.insn(0x85, imm=14) + bpf.insn(0x95)
+    k.old_program = bpf.insn(0x85, imm=14) + bpf.insn(0x95)
     with pytest.raises(CgroupError, match="cannot extend device program id 10"):
         allow_devices(CgroupTarget(2, "/cg"), [GPU0], kernel=k)
 

@@ -552,7 +552,7 @@ def test_podman_rootless(rootless_env, stage_dir):
 def _cgroup_device_lists() -> dict:
     """devices.list of the v1 devices cgroup this test runs in (where the rootless podman
     and its container stay: a rootless user cannot make v1 cgroups) and of the root."""
-    from nvlaunch.exec.cgroup import parse_proc_cgroup
+    from nvlaunch.host.cgroups import parse_proc_cgroup
     out = {}
     with open("/proc/self/cgroup") as f:
         v1, _ = parse_proc_cgroup(f.read())

@@ -31,9 +31,10 @@ def fake(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def spec(fake):
-    from nvlaunch.frontends.cdi import build_spec
     from nvlaunch.host.view import HostView
-    return build_spec(HostView.from_env(environ=fake.env()))
+    from nvlaunch.oci.hooks import invocation
+    from nvlaunch.render.cdi import build_spec
+    return build_spec(HostView.from_env(environ=fake.env()), invocation())
 
 
 def nvl(fake, *args, env=None, umask=None):
@@ -173,9 +174,10 @@ def test_hook_has_explicit_env_and_the_ldcache_work(spec):
 
 
 def test_hook_path_option(fake):
-    from nvlaunch.frontends.cdi import build_spec
     from nvlaunch.host.view import HostView
-    spec = build_spec(HostView.from_env(environ=fake.env()), hook_path="/usr/local/bin/nvlaunch")
+    from nvlaunch.oci.hooks import invocation
+    from nvlaunch.render.cdi import build_spec
+    spec = build_spec(HostView.from_env(environ=fake.env()), invocation("/usr/local/bin/nvlaunch"))
     hook = spec["containerEdits"]["hooks"][0]
     assert hook["path"] == "/usr/local/bin/nvlaunch"
     assert hook["args"][:2] == ["nvlaunch", "ldcache"]
@@ -216,7 +218,7 @@ def test_cli_output_is_atomic_and_0644(fake, tmp_path):
 
 
 def test_write_atomic_failure_keeps_the_old_file(tmp_path):
-    from nvlaunch.frontends.cdi import write_atomic
+    from nvlaunch.core.files import write_atomic
     out = tmp_path / "spec.json"
     out.write_text("old\n")
     with pytest.raises(TypeError):
@@ -248,15 +250,15 @@ def test_cdi_list(fake):
 
 
 def test_setup_cdi(fake, tmp_path, capsys, monkeypatch):
-    from nvlaunch.frontends.cdi import setup_cdi
+    from nvlaunch.setup.cdi import setup_cdi
     for k, v in fake.env().items():
         monkeypatch.setenv(k, v)
     target = tmp_path / "cdi" / "nvidia.json"
-    assert setup_cdi(["--cdi", "--output", str(target)], dry_run=True) == 0
+    assert setup_cdi(["--cdi", "--output", str(target), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"# would write {target}")
     assert not target.exists()
-    assert setup_cdi(["--cdi", "--output", str(target)], dry_run=False) == 0
+    assert setup_cdi(["--cdi", "--output", str(target)]) == 0
     validate(json.loads(target.read_text()))
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o644
 
@@ -264,8 +266,9 @@ def test_setup_cdi(fake, tmp_path, capsys, monkeypatch):
 def test_mig_devices(tmp_path):
     """A GPU with MIG instances: one device per MIG device ("G:M"), with the parent's
     node and the GI and CI nvidia-cap nodes (minors from proc/driver/nvidia-caps/mig-minors)."""
-    from nvlaunch.frontends.cdi import build_spec
     from nvlaunch.host.view import HostView
+    from nvlaunch.oci.hooks import invocation
+    from nvlaunch.render.cdi import build_spec
     from tests.fakehost import MAJOR_CAPS
     fh = build_fake_host(str(tmp_path / "host"), gpus=2)
     if not fh.real_nodes:
@@ -285,7 +288,7 @@ def test_mig_devices(tmp_path):
             open(f"{base}/{key.split('/', 1)[1]}", "a").close()      # the access file
             caps.append(f"/dev/nvidia-caps/nvidia-cap{minor}")
         want.append([f"/dev/nvidia{gpu.minor}"] + caps)
-    spec = build_spec(HostView.from_env(environ=fh.env()))
+    spec = build_spec(HostView.from_env(environ=fh.env()), invocation())
     validate(spec)
     for m, paths in enumerate(want):
         assert [n["path"] for n in device(spec, f"{gpu.index}:{m}")["deviceNodes"]] == paths
@@ -305,7 +308,7 @@ def _rootfs(tmp_path):
 
 def test_ldcache_hook_links_cache_and_conf(tmp_path):
     from nvlaunch.host import ldcache
-    from nvlaunch.frontends.ldcache_hook import apply
+    from nvlaunch.exec.ldcache_writer import update_rootfs as apply
     root = _rootfs(tmp_path)
     libdir = root / "usr/local/nvidia/lib64"
     libdir.mkdir(parents=True)
@@ -328,7 +331,7 @@ def test_ldcache_hook_links_cache_and_conf(tmp_path):
 def test_ldcache_hook_stays_inside_the_rootfs(tmp_path):
     """An image whose /usr/local is an absolute symlink to a host path, and whose /etc is
     a relative one climbing out: both resolve inside the rootfs."""
-    from nvlaunch.frontends.ldcache_hook import apply
+    from nvlaunch.exec.ldcache_writer import update_rootfs as apply
     outside = tmp_path / "outside"
     outside.mkdir()
     root = tmp_path / "rootfs"
@@ -345,7 +348,7 @@ def test_ldcache_hook_stays_inside_the_rootfs(tmp_path):
 
 
 def test_ldcache_hook_reads_the_oci_state(tmp_path):
-    from nvlaunch.frontends.ldcache_hook import rootfs_from_state
+    from nvlaunch.oci.state import rootfs_of_state as rootfs_from_state
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "config.json").write_text(json.dumps({"root": {"path": "rootfs"}}))
@@ -360,7 +363,7 @@ def test_ldcache_hook_reads_the_oci_state(tmp_path):
 
 
 def test_ldcache_hook_refuses_the_host_root():
-    from nvlaunch.frontends.ldcache_hook import apply
+    from nvlaunch.exec.ldcache_writer import update_rootfs as apply
     from nvlaunch.core.errors import ContainerPathError
     with pytest.raises(ContainerPathError):
         apply("/", [], [("libx.so.1", "/usr/lib/libx.so.1", False)])

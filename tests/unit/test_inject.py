@@ -39,9 +39,9 @@ def test_mounts_stay_inside_a_hostile_root(layout):
     k = FakeKernel()
     inject(plan_for(src), str(root), k)
     # each bind, then a remount of the new mount (reopened) with the flags added
-    assert k.names() == ["bind_mount", "remount_bind", "bind_mount", "remount_bind"]
+    assert k.mount_names() == ["bind_mount", "remount_bind", "bind_mount", "remount_bind"]
     (_, (dev_src, dev_dst, f0)), (_, (dev_re, dev_flags)), \
-        (_, (lib_src, lib_dst, f1)), (_, (lib_re, lib_flags)) = k.calls
+        (_, (lib_src, lib_dst, f1)), (_, (lib_re, lib_flags)) = k.mounts()
     assert dev_src == "/dev/null" and dev_dst == dev_re == str(root / "dev/nvidia0")
     assert f0 == f1 == 0
     assert dev_flags == C.MS_NOSUID | C.MS_NOEXEC
@@ -70,4 +70,4 @@ def test_missing_required_file_is_an_error_before_any_mount(layout, tmp_path):
     plan = Plan(entries=(BindFile(str(tmp_path / "gone.so"), "/usr/lib/gone.so"),))
     with pytest.raises(Exception) as exc:
         inject(plan, str(root), k)
-    assert "gone.so" in str(exc.value) and k.calls == []
+    assert "gone.so" in str(exc.value) and k.changes() == []

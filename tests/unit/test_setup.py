@@ -11,9 +11,12 @@ import sys
 
 import pytest
 
-from nvlaunch.frontends import oci_hook
 from nvlaunch.frontends import runtime_shim
-from nvlaunch.setup import command as setup_cmd
+from nvlaunch.oci import hooks as oci_hooks
+from nvlaunch.oci import state as oci_state
+from nvlaunch.setup import common as setup_common
+from nvlaunch.setup import containerd as setup_containerd
+from nvlaunch.setup import hooks_d as setup_hooks_d
 from nvlaunch.core.errors import NvlaunchError, UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -71,12 +74,12 @@ def test_hooks_d_file(tmp_path, target):
 
 
 def test_hooks_d_defaults():
-    assert setup_cmd.DEFAULT_PATHS["podman"] == "/usr/share/containers/oci/hooks.d/nvlaunch.json"
-    assert setup_cmd.DEFAULT_PATHS["crio"] == "/etc/containers/oci/hooks.d/nvlaunch.json"
+    assert setup_hooks_d.DEFAULT_PATHS["podman"] == "/usr/share/containers/oci/hooks.d/nvlaunch.json"
+    assert setup_hooks_d.DEFAULT_PATHS["crio"] == "/etc/containers/oci/hooks.d/nvlaunch.json"
 
 
 def test_hooks_d_no_cgroups_switch():
-    env = setup_cmd._hook_env({}, {"no_cgroups": True})
+    env = setup_common.hook({}, {"no_cgroups": True, "hook_path": HOOK}).env
     assert "NVLAUNCH_NO_CGROUPS=1" in env
 
 
@@ -130,7 +133,7 @@ def test_containerd_merge_appends_block_once(tmp_path):
     assert nvlaunch(*args).returncode == 0
     text = dest.read_text()
     assert text.startswith(original)
-    assert text.count(setup_cmd.MARK_BEGIN) == 1
+    assert text.count(setup_containerd.MARK_BEGIN) == 1
     assert '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvlaunch]' in text
     assert 'runtime_type = "io.containerd.runc.v2"' in text
     assert f'BinaryName = "{wrapper}"' in text
@@ -147,12 +150,12 @@ def test_containerd_merge_appends_block_once(tmp_path):
 def test_containerd_config_versions(version, table):
     text = "" if version is None else f"version = {version}\n"
     text += "[grpc]\n  address = \"/run/containerd/containerd.sock\"\n"
-    merged = setup_cmd.containerd_merge(text, "nvlaunch", "/w")
+    merged = setup_containerd.containerd_merge(text, "nvlaunch", "/w")
     assert f"[{table}]" in merged and merged.startswith(text)
 
 
 def test_containerd_new_file_is_version_2():
-    merged = setup_cmd.containerd_merge("", "nvlaunch", "/w")
+    merged = setup_containerd.containerd_merge("", "nvlaunch", "/w")
     assert merged.startswith("version = 2\n")
 
 
@@ -160,7 +163,7 @@ def test_containerd_refuses_foreign_definition():
     text = ('version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvlaunch]\n'
             '  runtime_type = "x"\n')
     with pytest.raises(UsageError):
-        setup_cmd.containerd_merge(text, "nvlaunch", "/w")
+        setup_containerd.containerd_merge(text, "nvlaunch", "/w")
 
 
 # ---- runc ---------------------------------------------------------------------------
@@ -241,7 +244,7 @@ def _config(env):
 def test_patch_bundle(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(_config(["NVIDIA_VISIBLE_DEVICES=0"]), indent=4))
     os.chmod(tmp_path / "config.json", 0o600)
-    entry = runtime_shim.hook_entry(HOOK, runtime_shim.hook_env({}, {"NVLAUNCH_DEV_ROOT": "/d"}))
+    entry = oci_hooks.hook_entry(oci_hooks.invocation(HOOK, environ={"NVLAUNCH_DEV_ROOT": "/d"}))
     assert runtime_shim.patch_bundle(str(tmp_path), entry)
     doc = json.loads((tmp_path / "config.json").read_text())
     assert doc["hooks"]["prestart"] == [entry]
@@ -257,7 +260,8 @@ def test_patch_bundle(tmp_path):
 def test_patch_bundle_leaves_non_gpu_containers(tmp_path, env):
     text = json.dumps(_config(env))
     (tmp_path / "config.json").write_text(text)
-    assert not runtime_shim.patch_bundle(str(tmp_path), runtime_shim.hook_entry(HOOK, []))
+    assert not runtime_shim.patch_bundle(str(tmp_path),
+                                     oci_hooks.hook_entry(oci_hooks.invocation(HOOK, environ={})))
     assert (tmp_path / "config.json").read_text() == text
 
 
@@ -297,32 +301,32 @@ def test_selection_env_takes_only_nvidia_selection_variables():
         "NVIDIA_DRIVER_CAPABILITIES=compute", "NVIDIA_REQUIRE_CUDA=cuda>=12.0",
         "NVIDIA_DISABLE_REQUIRE=1", "NVIDIA_IMEX_CHANNELS=0", "NVIDIA_MIG_CONFIG_DEVICES=all",
         "NVIDIA_VISIBLE_DEVICES=1", "garbage", 42]}}
-    assert oci_hook.selection_env(config) == {
+    assert oci_state.selection_env(config) == {
         "NVIDIA_VISIBLE_DEVICES": "1", "NVIDIA_DRIVER_CAPABILITIES": "compute",
         "NVIDIA_REQUIRE_CUDA": "cuda>=12.0", "NVIDIA_DISABLE_REQUIRE": "1",
         "NVIDIA_IMEX_CHANNELS": "0"}
-    assert oci_hook.selection_env({}) == {}
-    assert oci_hook.selection_env({"process": {"env": None}}) == {}
+    assert oci_state.selection_env({}) == {}
+    assert oci_state.selection_env({"process": {"env": None}}) == {}
 
 
 def test_container_rootfs():
-    assert oci_hook.container_rootfs({"bundle": "/b"}, {"root": {"path": "rootfs"}}) == "/b/rootfs"
-    assert oci_hook.container_rootfs({"bundle": "/b"}, {"root": {"path": "/r/x/"}}) == "/r/x"
+    assert oci_state.container_rootfs({"bundle": "/b"}, {"root": {"path": "rootfs"}}) == "/b/rootfs"
+    assert oci_state.container_rootfs({"bundle": "/b"}, {"root": {"path": "/r/x/"}}) == "/r/x"
     # crun's `root` wins, relative to the bundle as crun passes root.path through
-    assert oci_hook.container_rootfs({"bundle": "/b", "root": "rootfs"},
+    assert oci_state.container_rootfs({"bundle": "/b", "root": "rootfs"},
                                      {"root": {"path": "/other"}}) == "/b/rootfs"
     with pytest.raises(UsageError):
-        oci_hook.container_rootfs({"bundle": "/b"}, {})
+        oci_state.container_rootfs({"bundle": "/b"}, {})
 
 
 @pytest.mark.parametrize("data", [b"", b"  ", b"not json", b"[1]", b'{"id": "x"}'])
 def test_read_state_errors(data):
     with pytest.raises(UsageError):
-        oci_hook.read_state(data)
+        oci_state.read_state(data)
 
 
 def test_read_state_bundle_path_alias():
-    assert oci_hook.read_state(b'{"id": "x", "bundlePath": "/b"}')["bundle"] == "/b"
+    assert oci_state.read_state(b'{"id": "x", "bundlePath": "/b"}')["bundle"] == "/b"
 
 
 def test_hook_void_container_does_nothing(tmp_path):
@@ -355,7 +359,7 @@ def test_hook_errors_are_one_line(args, stdin, code, text):
 def test_hook_needs_a_pid_for_prestart(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(_config(["NVIDIA_VISIBLE_DEVICES=0"])))
     with pytest.raises(NvlaunchError, match="pid"):
-        oci_hook._state_pid({"bundle": str(tmp_path)})
+        oci_state.state_pid({"bundle": str(tmp_path)})
 
 
 # ---- hook entries that run nvlaunch's script with python -S ---------------------------
@@ -370,20 +374,30 @@ def _script_copy(tmp_path, first_line: str) -> str:
 
 
 def test_hook_entry_runs_the_script_with_python_S(tmp_path):
-    from nvlaunch.frontends.runtime_shim import hook_command, hook_entry, is_nvlaunch_hook
+    from nvlaunch.oci.hooks import hook_entry, invocation, is_nvlaunch_hook
+
+    def command(path):
+        inv = invocation(path, environ={})
+        return inv.path, list(inv.argv)
     script = _script_copy(tmp_path, "#!/usr/bin/python3")
-    assert hook_command(script) == ("/usr/bin/python3", ["/usr/bin/python3", "-S", script])
-    entry = hook_entry(script, ["PATH=/bin"])
+    assert command(script) == ("/usr/bin/python3", ["/usr/bin/python3", "-S", script])
+    entry = hook_entry(invocation(script, environ={}))
     assert entry["args"] == ["/usr/bin/python3", "-S", script, "hook", "prestart"]
     assert is_nvlaunch_hook(entry)
     # left as they are: an env shebang, a shebang with options, a script that is not ours
     for first in ("#!/usr/bin/env python3", "#!/usr/bin/python3 -S"):
         other = _script_copy(tmp_path, first)
-        assert hook_command(other) == (other, ["nvlaunch"])
+        assert command(other) == (other, ["nvlaunch"])
+    # our script's body without its declaration line is not taken for ours
+    undeclared = tmp_path / "undeclared"
+    with open(script) as f:
+        lines = f.read().split("\n")
+    undeclared.write_text("\n".join(lines[:1] + lines[2:]))
+    assert command(str(undeclared)) == (str(undeclared), ["nvlaunch"])
     foreign = tmp_path / "foreign"
     foreign.write_text("#!/usr/bin/python3\nprint('hi')\n")
-    assert hook_command(str(foreign)) == (str(foreign), ["nvlaunch"])
-    assert hook_command("/nonexistent/nvlaunch") == ("/nonexistent/nvlaunch", ["nvlaunch"])
+    assert command(str(foreign)) == (str(foreign), ["nvlaunch"])
+    assert command("/nonexistent/nvlaunch") == ("/nonexistent/nvlaunch", ["nvlaunch"])
 
 
 def test_setup_with_a_python_script_hook_path(tmp_path):

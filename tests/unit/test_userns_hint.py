@@ -1,5 +1,5 @@
 """The error hint for hosts that restrict unprivileged user namespaces names the fix."""
-from nvlaunch.exec import launch
+from nvfeatures.host import features
 
 
 def test_hint_names_the_setting(tmp_path, monkeypatch):
@@ -9,12 +9,12 @@ def test_hint_names_the_setting(tmp_path, monkeypatch):
         (str(tmp_path / "missing"), "0", "never shown"),
         (str(knob), "1", "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"),
     ))
-    hint = launch.userns_restriction()
+    hint = features.userns_restriction()
     assert "apparmor_restrict_unprivileged_userns=0" in hint and "= 1" in hint
     knob.write_text("0\n")
-    assert launch.userns_restriction() is None
+    assert features.userns_restriction() is None
 
 
 def test_this_host_is_not_restricted():
     # this machine allows unprivileged user namespaces (the rootless tests rely on it)
-    assert launch.userns_restriction() is None
+    assert features.userns_restriction() is None

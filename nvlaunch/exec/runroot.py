@@ -1,0 +1,377 @@
+"""`run`'s root: the mount tree PID 1 builds and pivots into, every change through the
+Kernel object.
+
+The rootfs is never written.  PID 1 (exec.pid1) makes its mount tree private, mounts a
+tmpfs and pivots into it (enter_staging): the host stays reachable under /oldroot, and
+the staging tree holds /upper, /work and /newroot.  build_root() then:
+
+1. classifies the plan once (plan_steps): each entry's container path, whether it lives
+   under /dev or /proc (made once those are mounted: "late"), and its host source as
+   seen from here, the bind policy (plan.records.bind_wanted) applied there and only
+   there: a missing optional driver file is dropped before anything is made for it;
+2. lays out the upper layer: every mount point, link and made file of the plan (and of
+   the user's binds and workdir) at the path the rootfs's own symlinks lead to
+   (host.inroot), each new directory with its rootfs twin's mode and owner, before any
+   overlay exists, so that nothing needs write access to the rootfs;
+3. mounts an overlay with the rootfs as lower layer and that layer as upper (with
+   --readonly, as a second lower layer: no upper at all);
+4. mounts a fresh /proc, a read-only /sys (recursively; with --net none a fresh sysfs)
+   and a minimal /dev tmpfs with devpts, shm and the base device nodes bound from the
+   host (mknod is refused in a user namespace);
+5. applies the plan's binds and late entries, then the user's binds;
+6. pivots into the overlay and detaches the staging tree (and the host under it).
+
+A Layout says where the staging tree is, so that build_root() runs unchanged over a
+test directory with a recording kernel (tests/unit/test_runroot.py).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from nvlaunch.core import consts as C
+from nvlaunch.core import errors as E
+from nvlaunch.core.records import record
+from nvlaunch.exec.mounts import TMPFS_FLAGS, bind, mount, tmpfs_place
+from nvlaunch.host.inroot import resolve_in_root
+from nvlaunch.plan.records import (BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile,
+                                   bind_flags, bind_wanted)
+
+# Host device nodes every container gets (bound, since mknod is refused in a user namespace).
+BASE_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
+# Directories the merged root must have, and their mode where the rootfs lacks them.
+ROOT_DIRS = (("/proc", 0o555), ("/sys", 0o555), ("/dev", 0o755))
+LATE_PREFIXES = ("/dev/", "/proc/")
+OLD = "/oldroot"            # the staging tree, inside PID 1's private tmpfs
+UPPER = "/upper"
+WORK = "/work"
+NEW = "/newroot"
+
+
+@record
+class UserBind:
+    src: str
+    dst: str
+    readonly: bool = False
+
+
+@record
+class RunConfig:
+    rootfs: str
+    argv: tuple
+    env: tuple = ()                  # (key, value) pairs the user asked for
+    binds: tuple = ()                # UserBind
+    workdir: str = "/"
+    hostname: str | None = None
+    net: str = "host"
+    uid: int = 0
+    gid: int = 0
+    readonly: bool = False
+    plan: Plan = Plan()
+    debug: bool = False
+
+
+@record
+class Layout:
+    """Where the staging tree is: `stage` holds upper/, work/ and newroot/ ("" once PID 1
+    has pivoted into its staging tmpfs), and host paths are seen under `host`."""
+    stage: str = ""
+    host: str = OLD
+
+    @property
+    def upper(self) -> str:
+        return self.stage + UPPER
+
+    @property
+    def work(self) -> str:
+        return self.stage + WORK
+
+    @property
+    def new(self) -> str:
+        return self.stage + NEW
+
+    def host_path(self, path: str) -> str:
+        """A host path as PID 1 sees it."""
+        return self.host + os.path.abspath(path)
+
+
+@record
+class Step:
+    """One plan entry, classified once: `kind` of what is made at `dst` ("file", "dir",
+    "link", "data", "tmpfs"), `late` for /dev and /proc, `source` the host path a bind
+    mounts from (as PID 1 sees it), None for what is not a bind."""
+    entry: object
+    dst: str
+    kind: str
+    late: bool
+    source: str | None = None
+
+
+def enter_staging(kernel) -> Layout:
+    """Private propagation, a staging tmpfs, and a first pivot into it."""
+    mount(kernel, None, "/", None, C.MS_REC | C.MS_PRIVATE)
+    stage = "/tmp" if os.path.isdir("/tmp") else "/mnt"
+    mount(kernel, "tmpfs", stage, "tmpfs", C.MS_NOSUID | C.MS_NODEV, "mode=0755")
+    kernel.chdir(stage)
+    for d in (OLD, UPPER, WORK, NEW):
+        kernel.mkdir("." + d, 0o755)
+    kernel.pivot_root(".", "." + OLD)
+    kernel.chdir("/")
+    return Layout("", OLD)
+
+
+def plan_steps(plan: Plan, layout: Layout) -> list[Step]:
+    """The plan's entries as Steps, in order, binds whose optional source is missing
+    left out (the one place the bind policy is applied for `run`)."""
+    steps = []
+    for e in plan.entries:
+        if isinstance(e, Symlink):
+            steps.append(Step(e, e.link, "link", e.link.startswith(LATE_PREFIXES)))
+            continue
+        late = e.dst.startswith(LATE_PREFIXES)
+        if isinstance(e, (BindFile, BindDir, BindDevice)):
+            source = layout.host_path(e.src)
+            if not bind_wanted(e, os.path.exists(source)):
+                continue
+            kind = "dir" if isinstance(e, BindDir) and os.path.isdir(source) else "file"
+            steps.append(Step(e, e.dst, kind, late, source))
+        elif isinstance(e, WriteFile):
+            steps.append(Step(e, e.dst, "data", late))
+        elif isinstance(e, Tmpfs):
+            steps.append(Step(e, e.dst, "tmpfs", late))
+        else:
+            raise TypeError(f"unknown plan entry {e!r}")
+    return steps
+
+
+class RootBuilder:
+    """build_root()'s state: the kernel, the layout and the rootfs as PID 1 sees it."""
+
+    def __init__(self, kernel, layout: Layout, lower: str):
+        self.kernel, self.layout, self.lower = kernel, layout, lower
+
+    # -- the upper layer
+
+    def prepare(self, container_path: str, kind: str, mode: int = 0o755,
+                target: str | None = None, data: bytes | None = None) -> None:
+        """Make `kind` at the upper-layer path that `container_path` lands on."""
+        path = self.layout.upper + resolve_in_root(self.lower, container_path)
+        self.mkdirs_like(path.rpartition("/")[0])
+        k = self.kernel
+        if kind in ("dir", "tmpfs"):
+            self.mkdirs_like(path, mode)
+        elif kind == "file":
+            if not os.path.lexists(path):
+                k.close(k.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+        elif kind == "link":
+            if os.path.lexists(path):
+                k.unlink(path)
+            k.symlink(target, path)
+        elif kind == "data":
+            fd = k.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_CLOEXEC, mode)
+            try:
+                k.write_all(fd, data or b"")
+            finally:
+                k.close(fd)
+            k.chmod(path, mode)
+        else:
+            raise ValueError(kind)
+
+    def mkdirs_like(self, path: str, mode: int = 0o755) -> None:
+        """mkdir -p in the upper layer.  A directory of the upper layer hides the
+        attributes of its rootfs twin in the merged view, so each one takes the twin's
+        mode and owner; directories new to the rootfs get `mode`."""
+        if os.path.isdir(path):
+            return
+        parent = path.rpartition("/")[0]
+        if parent and parent != self.layout.upper:
+            self.mkdirs_like(parent)
+        self.kernel.mkdir(path, 0o700)
+        if not self.copy_attrs(self.lower + path[len(self.layout.upper):], path):
+            self.kernel.chmod(path, mode)
+
+    def copy_attrs(self, src: str, dst: str) -> bool:
+        """Mode and owner of `src` onto `dst`; False if `src` does not exist.  An owner
+        the user namespace does not map (it shows as the overflow id) is left as is."""
+        try:
+            st = os.stat(src)
+        except OSError:
+            return False
+        self.kernel.chmod(dst, stat.S_IMODE(st.st_mode))
+        if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+            try:
+                self.kernel.chown(dst, st.st_uid, st.st_gid)
+            except OSError:
+                pass
+        return True
+
+    # -- after the overlay: entries under /dev and /proc, in filesystems we mounted
+
+    def prepare_late(self, step: Step, target: str) -> None:
+        k = self.kernel
+        if step.kind == "tmpfs":
+            new = self.layout.new
+            where, missing = tmpfs_place(step.dst, lambda p: os.path.isdir(new + p))
+            mount(k, "tmpfs", new + where, "tmpfs", TMPFS_FLAGS,
+                  "mode=0755" if missing else step.entry.options, shown_target=where)
+            for name in missing:
+                where += "/" + name
+                k.mkdir(new + where, 0o555)
+            return
+        self.makedirs(os.path.dirname(target))
+        if step.kind == "data":
+            fd = k.open(target, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_CLOEXEC,
+                        step.entry.mode)
+            try:
+                k.write_all(fd, step.entry.data)
+            finally:
+                k.close(fd)
+            k.chmod(target, step.entry.mode)
+        elif step.kind == "link":
+            k.symlink(step.entry.target, target)
+        elif step.kind == "dir":
+            self.makedirs(target)
+        else:
+            k.close(k.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+    def makedirs(self, path: str) -> None:
+        if os.path.isdir(path):
+            return
+        self.makedirs(os.path.dirname(path))
+        self.kernel.mkdir(path, 0o755)
+
+
+def build_root(cfg: RunConfig, kernel, layout: Layout, rootless: bool, timings=None) -> None:
+    """Steps 1-6 of the module docstring; the caller has entered the staging tree."""
+    mark = timings.mark if timings else (lambda phase: None)
+    mark("staging")
+    lower = layout.host_path(cfg.rootfs)
+    b = RootBuilder(kernel, layout, lower)
+    steps = plan_steps(cfg.plan, layout)
+
+    # 2. The upper layer, before the overlay exists.
+    b.copy_attrs(lower, layout.upper)       # the merged "/" keeps the rootfs's mode and owner
+    for d, mode in ROOT_DIRS:
+        if not os.path.isdir(lower + resolve_in_root(lower, d)):
+            b.prepare(d, "dir", mode)
+    # /tmp always lives in our layer: with the rootfs's mode, but owned by us where its
+    # owner is not mapped, so that it stays writable (a copy-up of a directory whose
+    # owner the user namespace cannot map fails with EOVERFLOW).
+    b.prepare("/tmp", "dir", 0o1777)
+    for s in steps:
+        if not s.late:
+            e = s.entry
+            b.prepare(s.dst, s.kind, getattr(e, "mode", 0o755), target=getattr(e, "target", None),
+                      data=getattr(e, "data", None))
+    mark("layer")
+    if cfg.plan.ldcache:
+        # loaded by PID 1 before the first pivot hid the host's files (only when needed)
+        from nvlaunch.exec.ldcache_writer import merged_cache
+        b.prepare("/etc/ld.so.cache", "data", 0o644, data=merged_cache(lower, cfg.plan.ldcache))
+        mark("ldcache")
+    for ub in cfg.binds:
+        src = layout.host_path(ub.src)
+        if not os.path.exists(src):
+            raise E.UsageError(f"--bind {ub.src}:{ub.dst}: {ub.src}: no such file or directory")
+        b.prepare(ub.dst, "dir" if os.path.isdir(src) else "file")
+    if cfg.workdir != "/":
+        there = lower + resolve_in_root(lower, cfg.workdir)
+        if os.path.lexists(there) and not os.path.isdir(there):
+            raise E.UsageError(f"--workdir {cfg.workdir}: not a directory in the rootfs")
+        b.prepare(cfg.workdir, "dir")
+
+    # 3. The overlay.
+    _mount_overlay(kernel, layout, lower, cfg.readonly, rootless)
+    mark("overlay")
+
+    # 4. /proc, /sys, /dev.
+    new = layout.new
+    mount(kernel, "proc", new + "/proc", "proc", C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC)
+    if cfg.net == "none":
+        # Our own network namespace: a fresh sysfs shows its interfaces, not the host's
+        # (allowed in a user namespace that owns the network namespace).
+        mount(kernel, "sysfs", new + "/sys", "sysfs",
+              C.MS_RDONLY | C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC)
+    else:
+        bind(kernel, layout.host + "/sys", new + "/sys",
+             C.MS_REC | C.MS_RDONLY | C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC, "/sys", "/sys")
+        _readonly_tree(kernel, new + "/sys")
+    _mount_dev(kernel, layout)
+    mark("base-mounts")
+
+    # 5. The plan: driver files, device nodes, /proc/driver/nvidia; then the user's binds.
+    for s in steps:
+        target = new + (s.dst if s.late else resolve_in_root(new, s.dst))
+        if s.late:
+            b.prepare_late(s, target)
+        if s.source is not None:
+            bind(kernel, s.source, target, bind_flags(s.entry), s.entry.src, s.dst)
+    for ub in cfg.binds:
+        target = new + resolve_in_root(new, ub.dst)
+        bind(kernel, layout.host_path(ub.src), target,
+             C.MS_REC | (C.MS_RDONLY if ub.readonly else 0), ub.src, ub.dst)
+    mark("binds")
+
+    # 6. Into the new root; the staging tree (and the host under it) is detached.
+    kernel.chdir(new)
+    kernel.pivot_root(".", ".")
+    kernel.umount2(".", C.MNT_DETACH)
+    kernel.chdir("/")
+    try:
+        kernel.chdir(cfg.workdir)
+    except OSError as err:
+        raise E.UsageError(f"--workdir {cfg.workdir}: {err.strerror}", errno=err.errno) from err
+    mark("pivot")
+
+
+def _mount_overlay(kernel, layout: Layout, lower: str, readonly: bool, rootless: bool) -> None:
+    esc = _overlay_escape
+    if readonly:
+        opts = f"lowerdir={esc(layout.upper)}:{esc(lower)}"
+    else:
+        opts = f"lowerdir={esc(lower)},upperdir={esc(layout.upper)},workdir={esc(layout.work)}"
+    try:
+        mount(kernel, "overlay", layout.new, "overlay", 0, opts + (",userxattr" if rootless else ""))
+    except E.MountError:
+        if not rootless:
+            raise
+        try:          # kernels before 5.11 have no userxattr (and no overlay in a userns)
+            mount(kernel, "overlay", layout.new, "overlay", 0, opts)
+        except E.MountError as err:
+            err.hint = err.hint or ("overlayfs in a user namespace needs Linux 5.11 or newer "
+                                    f"(this is {os.uname().release})")
+            raise
+
+
+def _mount_dev(kernel, layout: Layout) -> None:
+    dev = layout.new + "/dev"
+    mount(kernel, "tmpfs", dev, "tmpfs", C.MS_NOSUID | C.MS_NOEXEC, "mode=0755,size=65536k")
+    for name in BASE_DEVICES:
+        if os.path.exists(layout.host + "/dev/" + name):
+            kernel.close(kernel.open(dev + "/" + name, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+            bind(kernel, layout.host + "/dev/" + name, dev + "/" + name, 0, "/dev/" + name)
+    for d in ("pts", "shm"):
+        kernel.mkdir(dev + "/" + d, 0o755)
+    mount(kernel, "devpts", dev + "/pts", "devpts", C.MS_NOSUID | C.MS_NOEXEC,
+          "newinstance,ptmxmode=0666,mode=0620")
+    mount(kernel, "shm", dev + "/shm", "tmpfs", C.MS_NOSUID | C.MS_NODEV, "mode=1777,size=65536k")
+    for link, target in DEV_LINKS:
+        kernel.symlink(target, dev + "/" + link)
+
+
+def _readonly_tree(kernel, path: str) -> None:
+    """Make every mount under `path` read-only too (the host's cgroup mounts under /sys
+    would otherwise stay writable for a root container)."""
+    try:
+        kernel.mount_setattr(-100, path, C.AT_RECURSIVE,
+                             C.MOUNT_ATTR_RDONLY | C.MOUNT_ATTR_NOSUID | C.MOUNT_ATTR_NODEV, 0)
+    except OSError as err:
+        if err.errno != errno.ENOSYS:   # before 5.12 only the top of the tree is read-only
+            raise E.MountError("mount_setattr", None, path, "AT_RECURSIVE|MOUNT_ATTR_RDONLY", err) from err
+
+
+def _overlay_escape(path: str) -> str:
+    return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")

@@ -1,0 +1,89 @@
+"""The OCI runtime's view of a container: its state JSON (on a hook's stdin) and its
+bundle's config.json.  The one reader of both, for every hook nvlaunch has.
+
+Only what a hook needs is read, and of the container's environment only the NVIDIA
+selection variables (selection_env): nothing else of the container can reach a hook.
+"""
+from __future__ import annotations
+
+import os
+
+from nvlaunch.core import errors as E
+from nvlaunch.core import jsonread
+from nvlaunch.core.files import load_json_object
+
+
+# The container variables the hook reads: nothing else of config.json's process.env.
+SELECT_VARS = ("NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "NVIDIA_DISABLE_REQUIRE",
+               "NVIDIA_IMEX_CHANNELS")
+REQUIRE_PREFIX = "NVIDIA_REQUIRE_"
+
+
+def read_state(data: bytes | str) -> dict:
+    """The OCI state JSON (runtime.md "State") -> dict; checks the fields the hook uses."""
+    if isinstance(data, bytes):
+        data = data.decode("utf-8", errors="replace")
+    if not data.strip():
+        raise E.UsageError("no OCI state JSON on stdin (run me as an OCI hook)")
+    try:
+        state = jsonread.loads(data)
+    except ValueError as err:
+        raise E.UsageError(f"OCI state on stdin is not JSON: {err}") from None
+    if not isinstance(state, dict):
+        raise E.UsageError("OCI state on stdin is not a JSON object")
+    bundle = state.get("bundle") or state.get("bundlePath")   # bundlePath: pre-1.0 runtimes
+    if not isinstance(bundle, str) or not bundle:
+        raise E.UsageError("OCI state has no bundle")
+    if not bundle.startswith("/"):
+        # a hook's cwd may be the container's rootfs: never resolve against it
+        raise E.UsageError(f"OCI state bundle {bundle!r} is not an absolute path")
+    state["bundle"] = bundle
+    return state
+
+
+def load_config(bundle: str) -> dict:
+    return load_json_object(os.path.join(bundle, "config.json"))
+
+
+def container_rootfs(state: dict, config: dict) -> str:
+    """crun's state extension `root` (valid even where the bundle is not, e.g.
+    --userns=nomap), else config root.path; either made absolute against the bundle."""
+    root = state.get("root")
+    if not isinstance(root, str) or not root:
+        root = (config.get("root") or {}).get("path") if isinstance(config.get("root"), dict) else None
+        if not isinstance(root, str) or not root:
+            raise E.UsageError(f"{state['bundle']}/config.json has no root.path")
+    if not os.path.isabs(root):          # crun passes root.path through as written
+        root = os.path.join(state["bundle"], root)
+    return os.path.normpath(root)
+
+
+def selection_env(config: dict) -> dict:
+    """The NVIDIA selection variables of config.json process.env, and nothing else."""
+    process = config.get("process")
+    items = process.get("env") if isinstance(process, dict) else None
+    out: dict = {}
+    for item in items if isinstance(items, list) else ():
+        if not isinstance(item, str):
+            continue
+        key, eq, value = item.partition("=")
+        if eq and (key in SELECT_VARS or key.startswith(REQUIRE_PREFIX)):
+            out[key] = value
+    return out
+
+
+def state_pid(state: dict) -> int:
+    pid = state.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        raise E.UsageError(f"OCI state has no usable pid ({pid!r}); "
+                           "prestart/create-runtime hooks need the container's pid")
+    return pid
+
+
+def rootfs_of_state(data: bytes | str) -> str:
+    """The rootfs path of the container the state JSON `data` describes: crun's `root`
+    where given (config.json is then not read), else config root.path."""
+    state = read_state(data)
+    root = state.get("root")
+    config = {} if isinstance(root, str) and root else load_config(state["bundle"])
+    return container_rootfs(state, config)

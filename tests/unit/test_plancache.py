@@ -1,16 +1,18 @@
-"""The plan cache: a reused plan equals a freshly built one, and any change of the driver,
-the ld cache, the GPUs or the device nodes makes it miss."""
+"""The plan cache: a reused plan equals a freshly built one; it is keyed on what the
+builder actually read (HostView.recording), so a change to any of it makes the next
+launch build again, and a change to anything it did not read does not."""
 import os
+import socket
 
 import pytest
 
+from nvlaunch.core.errors import DiscoveryError
+from nvlaunch.host.view import HostView, fingerprint
 from nvlaunch.plan import cache as plancache
-from nvlaunch.plan.build import build_plan
-from nvlaunch.host.view import HostView
 from nvlaunch.plan.request import Request
 from tests.fakehost import build_fake_host
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fake host needs mknod")
+LIBDIR = "/usr/lib/x86_64-linux-gnu"
 
 
 @pytest.fixture
@@ -18,39 +20,68 @@ def setup(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     os.mkdir(tmp_path / "run", 0o700)
     h = build_fake_host(str(tmp_path / "host"), gpus=2)
-    host = HostView(h.root, h.root, h.root)
-    return h, host
+    if not h.real_nodes:
+        pytest.skip("the fake host has no device nodes (mknod needs root)")
+    return h, HostView(h.root, h.root, h.root)
 
 
-def cached(host, req):
-    k = plancache.key(host, req, "/usr/lib/x86_64-linux-gnu")
-    return k, plancache.load(k)
+@pytest.fixture
+def builds(monkeypatch):
+    """How many plans were built (cache misses)."""
+    count = []
+    real = plancache.checked_plan
+
+    def counting(*args, **kw):
+        count.append(1)
+        return real(*args, **kw)
+    monkeypatch.setattr(plancache, "checked_plan", counting)
+    return count
 
 
-def test_round_trip(setup):
+def plan(host, req=Request("all", "all")):
+    return plancache.cached_plan(req, host, LIBDIR)[0]
+
+
+def test_round_trip(setup, builds):
     h, host = setup
-    req = Request("all", "all")
-    plan = build_plan(req, host, "/usr/lib/x86_64-linux-gnu")
-    k, hit = cached(host, req)
-    assert hit is None
-    plancache.store(k, plan)
-    assert cached(host, req)[1] == plan
-    assert cached(host, Request("0", "all"))[1] is None      # another request, another entry
+    first = plan(host)
+    assert plan(host) == first and len(builds) == 1            # the second is a hit
+    assert plan(host, Request("0", "all")) is not None and len(builds) == 2   # another request
+    assert plancache.checked_plan(Request("all", "all"), host, LIBDIR) == first
 
 
-@pytest.mark.parametrize("change", ["version", "ldcache", "gpu", "devnode"])
-def test_invalidated_by_host_changes(setup, change):
+def test_the_key_is_what_the_builder_read(setup):
     h, host = setup
-    req = Request("all", None)
-    k, _ = cached(host, req)
-    plancache.store(k, build_plan(req, host, "/usr/lib/x86_64-linux-gnu"))
-    assert cached(host, req)[1] is not None
+    rec = host.recording()
+    plancache.checked_plan(Request("all", "compute,utility"), rec, LIBDIR)
+    reads = rec.reads
+    assert reads[host.proc("/proc/driver/nvidia/version")] == "data"
+    assert reads[host.proc("/proc/driver/nvidia/gpus")] == "names"
+    assert reads[host.dev("/dev/nvidia-uvm")] == "node"
+    assert host.driver("/etc/ld.so.cache") in reads
+    # an IPC socket looked for and not found is part of the key too
+    assert any("nvidia-persistenced" in p for p in reads)
+    assert fingerprint(reads) == fingerprint(dict(reads))      # stable while nothing changes
+
+
+def _rewrite(path, old, new):
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace(old, new) if old else text + new)
+
+
+@pytest.mark.parametrize("change", ["version", "params", "registry", "ldcache", "gpu", "devnode",
+                                    "socket", "dri", "library"])
+def test_invalidated_by_what_it_read(setup, builds, change):
+    h, host = setup
+    plan(host)
+    plan(host)
+    assert len(builds) == 1
     if change == "version":
-        p = host.proc("/proc/driver/nvidia/version")
-        with open(p) as f:
-            text = f.read()
-        with open(p, "w") as f:
-            f.write(text.replace("580.159.04", "580.159.05"))
+        _rewrite(host.proc("/proc/driver/nvidia/version"), "580.159.04", "580.159.05")
+    elif change in ("params", "registry"):
+        _rewrite(host.proc(f"/proc/driver/nvidia/{change}"), None, "EnableXyz: 1\n")
     elif change == "ldcache":
         p = host.driver("/etc/ld.so.cache")
         st = os.stat(p)
@@ -60,38 +91,74 @@ def test_invalidated_by_host_changes(setup, change):
                   host.proc("/proc/driver/nvidia/gpus/0000:99:00.0"))
     elif change == "devnode":
         os.unlink(host.dev(f"/dev/nvidia{h.gpus[1].minor}"))
-    assert cached(host, req)[1] is None
+    elif change == "socket":       # nvidia-persistenced started after the first launch
+        d = host.driver("/run/nvidia-persistenced")
+        os.makedirs(d, exist_ok=True)
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(os.path.join(d, "socket"))
+        s.close()
+    elif change == "dri":          # a GPU's DRM card node goes (graphics is asked for)
+        os.unlink(host.dev(f"/dev/dri/by-path/pci-{h.gpus[0].bus_id.lower()}-card"))
+    elif change == "library":      # a driver library replaced in place
+        p = os.path.join(h.lib_dir, f"libnvidia-ml.so.{h.driver_version}")
+        st = os.stat(p)
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    try:
+        after = plan(host)
+    except DiscoveryError:      # the new state is not a usable host: it was read again all the same
+        after = None
+    assert len(builds) == 2, f"a {change} change did not make the cache miss"
+    if change == "socket":
+        assert any(getattr(e, "dst", "").endswith("nvidia-persistenced/socket") for e in after.entries)
 
 
-def test_unsafe_directory_is_not_used(setup, tmp_path, monkeypatch):
+def test_not_invalidated_by_what_it_did_not_read(setup, builds, tmp_path):
+    h, host = setup
+    plan(host)
+    # files come and go in directories it looked into (as in /run or /tmp all the time)
+    for d in ("etc", "dev", "proc/driver/nvidia"):
+        open(os.path.join(h.root, d, "unrelated"), "w").close()
+    os.mkdir(os.path.join(h.root, "etc", "unrelated.d"))
+    plan(host)
+    assert len(builds) == 1
+
+
+def test_a_requirement_is_checked_before_a_plan_is_stored(setup, builds):
+    from nvlaunch.core.errors import RequirementError
+    h, host = setup
+    req = Request("all", None, env=(("NVIDIA_REQUIRE_DRIVER", "driver>=999"),))
+    for _ in range(2):                       # a failed check is never cached
+        with pytest.raises(RequirementError):
+            plancache.cached_plan(req, host, LIBDIR)
+    assert len(builds) == 2
+
+
+def test_unsafe_directory_is_not_used(setup, tmp_path):
     h, host = setup
     os.chmod(tmp_path / "run", 0o777)
     d = tmp_path / "run" / "nvlaunch"
     os.mkdir(d, 0o777)       # writable by others: never trusted
     os.chmod(d, 0o777)
     assert plancache.cache_dir() is None
-    req = Request("all", None)
-    k, _ = cached(host, req)
-    plancache.store(k, build_plan(req, host, "/usr/lib/x86_64-linux-gnu"))
+    plan(host)
     assert os.listdir(d) == []
 
 
-def test_disabled_by_env(setup, monkeypatch):
+def test_disabled_by_env(setup, builds, monkeypatch):
     h, host = setup
-    req = Request("all", None)
-    k, _ = cached(host, req)
-    plancache.store(k, build_plan(req, host, "/usr/lib/x86_64-linux-gnu"))
+    plan(host)
     monkeypatch.setenv("NVLAUNCH_NO_CACHE", "1")
-    assert cached(host, req)[1] is None
+    plan(host)
+    assert len(builds) == 2
 
 
 def test_cache_is_bounded_and_keeps_the_newest(setup, tmp_path, monkeypatch):
     h, host = setup
     monkeypatch.setattr(plancache, "MAX_PLANS", 4)
-    plan = build_plan(Request("all", "all"), host, "/usr/lib/x86_64-linux-gnu")
-    keys = [plancache.key(host, Request("all", "all"), f"/lib{i}") for i in range(7)]
+    req = Request("all", "all")
+    keys = [plancache.key(host, req, f"/lib{i}") for i in range(7)]
     for i, k in enumerate(keys):
-        plancache.store(k, plan)
+        plancache.cached_plan(req, host, f"/lib{i}")
         path = plancache._file(str(tmp_path / "run" / "nvlaunch"), k)
         os.utime(path, ns=(i * 10**9, i * 10**9))   # distinct, ordered write times
     left = sorted(os.listdir(tmp_path / "run" / "nvlaunch"))

@@ -12,12 +12,20 @@ import sys
 
 from nvlaunch.core.errors import UsageError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    # option -> (key in the parsed options, takes a value, repeatable)
+    OptionTable = dict[str, tuple[str, bool, bool]]
+
 HELP = {"--help": ("help", False, False), "-h": ("help", False, False)}
 
 
-def parse_opts(args: list, table: dict, command: str, stop_at_positional: bool = True):
+def parse_opts(args: list[str], table: OptionTable, command: str,
+               stop_at_positional: bool = True) -> tuple[dict[str, Any], list[str]]:
     """Options from `table` until the first positional (or `--`); returns (opts, rest)."""
-    opts: dict = {}
+    opts: dict[str, Any] = {}
     i = 0
     while i < len(args):
         arg = args[i]
@@ -30,6 +38,7 @@ def parse_opts(args: list, table: dict, command: str, stop_at_positional: bool =
             opts.setdefault("_positional", []).append(arg)
             i += 1
             continue
+        value: str | bool
         name, eq, value = arg.partition("=")
         if name not in table:
             raise UsageError(f"{command}: unknown option {name}")
@@ -52,8 +61,8 @@ def parse_opts(args: list, table: dict, command: str, stop_at_positional: bool =
     return opts, args[i:]
 
 
-def parse_command(args: list, table: dict, command: str, usage: str | None = None,
-                  max_positional: int = 0):
+def parse_command(args: list[str], table: OptionTable, command: str, usage: str | None = None,
+                  max_positional: int = 0) -> tuple[dict[str, Any], list[str]] | None:
     """parse_opts plus the conventions every subcommand shares: `--help` (when the table
     has it) prints `usage` and gives None; more than `max_positional` arguments left over
     is an error naming the first extra one.  Returns (opts, positionals)."""
@@ -66,7 +75,7 @@ def parse_command(args: list, table: dict, command: str, usage: str | None = Non
     return opts, rest
 
 
-def int_opt(opts: dict, key: str, flag: str) -> int:
+def int_opt(opts: dict[str, Any], key: str, flag: str) -> int:
     val = opts.get(key, "0")
     if not (str(val).isascii() and str(val).isdigit()):
         raise UsageError(f"{flag} {val}: not a non-negative integer")

@@ -47,7 +47,7 @@ MOUNT_FLAG_NAMES = {
 }
 
 
-def flags_str(flags: int, names: dict = MOUNT_FLAG_NAMES) -> str:
+def flags_str(flags: int, names: dict[int, str] = MOUNT_FLAG_NAMES) -> str:
     """Bit flags as `A|B`; unknown bits as hex."""
     out, rest = [], flags
     for bit, name in names.items():

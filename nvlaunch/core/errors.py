@@ -97,7 +97,7 @@ def os_message(err: OSError) -> str:
     return where + (err.strerror or str(err))
 
 
-def os_path(path) -> str:
+def os_path(path: object) -> str:
     """A path for a message: bytes decoded with replacement, never a repr."""
     if isinstance(path, bytes):
         return path.decode("utf-8", "replace")

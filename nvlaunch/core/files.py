@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-def write_atomic(path: str, data, mode: int | None = None) -> None:
+
+def write_atomic(path: str, data: str | bytes, mode: int | None = None) -> None:
     """Write `data` (str or bytes) to `path` through a temporary file in the same directory,
     fsync and rename(2): a reader (a runtime scanning its spec or hooks directory, a
     daemon reading its config) never sees half a file.  `mode` None keeps the mode of the
@@ -34,7 +38,7 @@ def write_atomic(path: str, data, mode: int | None = None) -> None:
         raise
 
 
-def load_json_object(path: str) -> dict:
+def load_json_object(path: str) -> dict[str, Any]:
     """A JSON object from `path`; UsageError naming the file otherwise."""
     from nvlaunch.core import jsonread
     from nvlaunch.core.errors import UsageError

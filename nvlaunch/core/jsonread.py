@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import _json
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
 _WHITESPACE = " \t\n\r"
 
 
-def _constant(name: str):
+def _constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
@@ -25,13 +29,14 @@ class _Context:
     parse_float = float
     parse_int = int
     parse_constant = staticmethod(_constant)
-    memo: dict = {}
+    memo: dict[str, Any] = {}
 
 
-_scan = _json.make_scanner(_Context())
+# typeshed types the context as a make_scanner itself; any object with its attributes works
+_scan = _json.make_scanner(_Context())  # type: ignore[arg-type]
 
 
-def loads(text: str | bytes):
+def loads(text: str | bytes) -> Any:
     """Like json.loads; ValueError for anything that is not one JSON document."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")

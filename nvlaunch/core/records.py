@@ -35,20 +35,20 @@ else:
         return lambda f: f
 
 
-def _eq(self, other):
+def _eq(self: tuple[Any, ...], other: object) -> bool:
     return type(self) is type(other) and tuple.__eq__(self, other)
 
 
-def _ne(self, other):
+def _ne(self: tuple[Any, ...], other: object) -> bool:
     return not (type(self) is type(other) and tuple.__eq__(self, other))
 
 
-def _hash(self):
+def _hash(self: tuple[Any, ...]) -> int:
     return hash((type(self).__name__, tuple.__hash__(self)))
 
 
 @dataclass_transform(frozen_default=True)
-def record(cls):
+def record(cls: type[T]) -> type[T]:
     names = list(cls.__dict__.get("__annotations__", {}))
     defaults = []
     for name in names:
@@ -56,6 +56,7 @@ def record(cls):
             defaults.append(cls.__dict__[name])
         elif defaults:
             raise TypeError(f"{cls.__name__}.{name}: field without default after one with")
+    # mypy only follows namedtuple() with literal names; the fields here are computed
     base = namedtuple(cls.__name__, names, defaults=defaults or None)  # type: ignore[misc]
     body = {k: v for k, v in cls.__dict__.items()
             if k not in names and k not in ("__dict__", "__weakref__", "__annotations__")}
@@ -63,7 +64,7 @@ def record(cls):
     body["__eq__"], body["__ne__"], body["__hash__"] = _eq, _ne, _hash
     post_init = body.pop("__post_init__", None)
     if post_init is not None:
-        def __new__(klass, *args, **kwargs):
+        def __new__(klass: type[Any], *args: Any, **kwargs: Any) -> Any:
             self = base.__new__(klass, *args, **kwargs)
             post_init(self)
             return self
@@ -74,14 +75,15 @@ def record(cls):
 
 def replace(rec: T, **changes: Any) -> T:
     """A copy of record `rec` with some fields changed (validation runs again)."""
+    # A record is a named tuple at run time, a plain class to mypy (the dataclass transform)
     return rec._replace(**changes)  # type: ignore[attr-defined, no-any-return]
 
 
-def values(rec: Any) -> tuple:
+def values(rec: Any) -> tuple[Any, ...]:
     """The field values of record `rec`, in declaration order."""
     return tuple(rec)
 
 
-def rebuild(cls: Callable[..., T], vals: tuple) -> T:
+def rebuild(cls: Callable[..., T], vals: tuple[Any, ...]) -> T:
     """A record of type `cls` from `values(rec)` (what the plan cache stores)."""
     return cls(*vals)

@@ -59,7 +59,7 @@ def run(cfg: RunConfig, kernel=None, timings=None) -> int:
         for fd in (go_r, go_w, err_r, err_w):
             os.close(fd)
         hint = (userns_restriction() if rootless else None) or E.hint_for(err.errno, "unshare")
-        raise E.NamespaceError(f"cannot create namespaces: {err.strerror}", hint) from err
+        raise E.NamespaceError(f"cannot create namespaces: {err.strerror}", hint, errno=err.errno) from err
     if pid == 0:  # I, PID 1 of the new pid namespace
         forwarder = Forwarder()
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

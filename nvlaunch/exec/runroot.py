@@ -352,7 +352,8 @@ def _mount_dev(kernel, layout: Layout) -> None:
     for name in BASE_DEVICES:
         if os.path.exists(layout.host + "/dev/" + name):
             kernel.close(kernel.open(dev + "/" + name, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-            bind(kernel, layout.host + "/dev/" + name, dev + "/" + name, 0, "/dev/" + name)
+            bind(kernel, layout.host + "/dev/" + name, dev + "/" + name, 0, "/dev/" + name,
+                 "/dev/" + name)
     for d in ("pts", "shm"):
         kernel.mkdir(dev + "/" + d, 0o755)
     mount(kernel, "devpts", dev + "/pts", "devpts", C.MS_NOSUID | C.MS_NOEXEC,

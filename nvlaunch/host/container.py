@@ -13,6 +13,10 @@ from nvlaunch.core.errors import ContainerPathError
 from nvlaunch.host import ldcache
 from nvlaunch.host.inroot import resolve_in_root
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 
 # Where a container keeps its libraries: Debian/Ubuntu multiarch, else the lib64 layout
 # (libnvidia-container decides on /etc/debian_version the same way).
@@ -36,13 +40,13 @@ DEFAULT_LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib6
                     "/usr/lib64", "/lib", "/usr/lib")
 
 
-def libraries_present(root: str, names) -> set:
+def libraries_present(root: str, names: Iterable[str]) -> set[str]:
     """Which of the library `names` the rootfs at host path `root` has: a non-empty file
     (links followed inside the root) that its /etc/ld.so.cache names, or in a default
     library directory.  Empty files do not count: they are the mount points a hook left
     in a persistent rootfs on an earlier start (and the cache lines it wrote for them)."""
     names = set(names)
-    found: set = set()
+    found: set[str] = set()
     for e in container_cache(root):
         if e.key in names and e.key not in found and _real_file(root, e.value):
             found.add(e.key)
@@ -60,7 +64,7 @@ def _real_file(root: str, path: str) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size > 0
 
 
-def container_cache(root: str) -> list:
+def container_cache(root: str) -> list[ldcache.CacheEntry]:
     """The entries of the ld.so.cache of the rootfs at host path `root` (resolved inside
     it); [] for none, or one that cannot be read or parsed."""
     try:

@@ -12,7 +12,7 @@ from nvlaunch.core.records import replace
 from nvlaunch.host.driver_files import Driver
 
 
-_cuda_cache: dict[tuple, int | None] = {}
+_cuda_cache: dict[tuple[str, int, int, int], int | None] = {}
 
 
 def cuda_driver_version(driver: Driver) -> int | None:

@@ -26,6 +26,10 @@ from nvlaunch.host.driver_files import (ARCHES, BIN_DIRS, CAPABILITIES, CONFIG_B
 from nvlaunch.host.inroot import Resolver
 from nvlaunch.host.view import HostView, read_text
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 
 # ------------------------------------------------------------------ discovery
 
@@ -60,7 +64,7 @@ def driver_version(host: HostView) -> str:
         text = read_text(path)
     except OSError as err:
         raise DiscoveryError(f"NVIDIA driver version unreadable: {path}: {err.strerror or err}",
-                             hint="set --proc-root for a host tree") from err
+                             hint="set --proc-root for a host tree", errno=err.errno) from err
     if text is None:
         raise DiscoveryError(f"NVIDIA driver not found: {path} does not exist",
                              hint="is the nvidia kernel module loaded? "
@@ -77,8 +81,9 @@ def _is_version_tail(tail: str) -> bool:
     return bool(tail) and all(p.isdigit() for p in tail.split("."))
 
 
-def _lib_file(kind, cap, prefix, host_path, name, soname) -> DriverFile:
-    links = []
+def _lib_file(kind: str, cap: str, prefix: str, host_path: str, name: str,
+              soname: str | None) -> DriverFile:
+    links: list[str] = []
     if soname and soname != name:
         links.append(soname)
     for link in EXTRA_LINKS.get(prefix, ()):
@@ -87,20 +92,20 @@ def _lib_file(kind, cap, prefix, host_path, name, soname) -> DriverFile:
     return DriverFile(kind, cap, host_path, name, soname, tuple(links))
 
 
-def _wanted_libs():
+def _wanted_libs() -> list[tuple[str, str, bool]]:
     """[(capability, prefix, versioned)] in table order."""
-    out = []
+    out: list[tuple[str, str, bool]] = []
     for cap, spec in CAPABILITIES.items():
         out += [(cap, p, True) for p in spec.libs]
         out += [(cap, p, False) for p in spec.unversioned_libs]
     return out
 
 
-def _libs_from_cache(res: Resolver, entries, version: str, arch_flag: int, kind: str,
-                     seen: set) -> list[DriverFile]:
+def _libs_from_cache(res: Resolver, entries: Iterable[ldcache.CacheEntry], version: str,
+                     arch_flag: int, kind: str, seen: set[str]) -> list[DriverFile]:
     wanted = _wanted_libs()
     prefixes = {p for _, p, _ in wanted}
-    groups: dict[str, list] = {}
+    groups: dict[str, list[ldcache.CacheEntry]] = {}
     for e in entries:
         if e.flags & ldcache.ARCH_MASK != arch_flag or not e.flags & ldcache.FLAG_ELF:
             continue
@@ -133,7 +138,8 @@ def _libs_from_cache(res: Resolver, entries, version: str, arch_flag: int, kind:
 def _ld_conf_dirs(host: HostView, res: Resolver) -> list[str]:
     """Directories named by the driver root's /etc/ld.so.conf and its includes."""
     out: list[str] = []
-    todo, done = [LD_SO_CONF], set()
+    todo = [LD_SO_CONF]
+    done: set[str] = set()
     while todo and len(done) < 256:
         conf = todo.pop(0)
         if conf in done:
@@ -166,7 +172,8 @@ def _ld_conf_dirs(host: HostView, res: Resolver) -> list[str]:
     return out
 
 
-def _libs_from_scan(host: HostView, res: Resolver, version: str, arch) -> list[DriverFile]:
+def _libs_from_scan(host: HostView, res: Resolver, version: str,
+                    arch: tuple[int, int | None, int, int | None]) -> list[DriverFile]:
     """Libraries found by listing directories: files named <prefix>.<version> (or, for
     unversioned ones, the <prefix>.N link), with their SONAME read from the ELF file."""
     _, _, machine64, machine32 = arch
@@ -177,7 +184,7 @@ def _libs_from_scan(host: HostView, res: Resolver, version: str, arch) -> list[D
         r = res.resolve(d)
         if r and r not in queue:
             queue.append(r)
-    found: dict[tuple, DriverFile] = {}
+    found: dict[tuple[str, str], DriverFile] = {}
     seen: set[str] = set()
     i = 0
     while i < len(queue):

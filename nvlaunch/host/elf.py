@@ -12,8 +12,13 @@ None.
 from __future__ import annotations
 
 import struct
-from io import BufferedReader
+
 from nvlaunch.core.records import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import BinaryIO
 
 ELFMAG = b"\x7fELF"
 ELFCLASS32, ELFCLASS64 = 1, 2
@@ -58,7 +63,7 @@ class ElfInfo:
     elf_class: int          # 32 or 64
     machine: int            # e_machine: EM_X86_64, EM_386, EM_AARCH64, ...
     soname: str | None      # DT_SONAME, None if the file has none
-    needed: tuple = ()      # DT_NEEDED names, in order
+    needed: tuple[str, ...] = ()  # DT_NEEDED names, in order
 
 
 @record
@@ -68,7 +73,7 @@ class _Seg:
     filesz: int
 
 
-def _read_at(f: BufferedReader, offset: int, size: int) -> bytes:
+def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
     if offset < 0 or size < 0:
         raise ValueError("negative offset or size")
     f.seek(offset)
@@ -78,7 +83,7 @@ def _read_at(f: BufferedReader, offset: int, size: int) -> bytes:
     return data
 
 
-def _cstring(f: BufferedReader, offset: int) -> str:
+def _cstring(f: BinaryIO, offset: int) -> str:
     f.seek(offset)
     data = f.read(MAX_SONAME)
     end = data.find(b"\0")
@@ -87,7 +92,9 @@ def _cstring(f: BufferedReader, offset: int) -> str:
     return data[:end].decode("utf-8", "surrogateescape")
 
 
-def _dynamic_names(f, bo, dyn_fmt, dyn_off, dyn_size, vaddr_to_off, strtab_off=None):
+def _dynamic_names(f: BinaryIO, bo: str, dyn_fmt: str, dyn_off: int, dyn_size: int,
+                   vaddr_to_off: Callable[[int], int] | None, strtab_off: int | None = None
+                   ) -> tuple[str | None, tuple[str, ...]]:
     """Walk the dynamic table at dyn_off; return (soname or None, needed names)."""
     dyn = struct.Struct(bo + dyn_fmt)
     count = min(dyn_size // dyn.size, MAX_DYN_ENTRIES)
@@ -110,12 +117,13 @@ def _dynamic_names(f, bo, dyn_fmt, dyn_off, dyn_size, vaddr_to_off, strtab_off=N
     if strtab_off is None:
         if strtab_vaddr is None:
             raise ValueError("DT_SONAME or DT_NEEDED without DT_STRTAB")
+        assert vaddr_to_off is not None     # callers give one or the other
         strtab_off = vaddr_to_off(strtab_vaddr)
     soname = None if soname_idx is None else _cstring(f, strtab_off + soname_idx)
     return soname, tuple(_cstring(f, strtab_off + i) for i in needed_idx)
 
 
-def _parse(f: BufferedReader) -> ElfInfo | None:
+def _parse(f: BinaryIO) -> ElfInfo | None:
     ident = f.read(16)
     if len(ident) < 16 or ident[:4] != ELFMAG:
         return None

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-def features() -> dict:
-    def read(path):
+
+def features() -> dict[str, Any]:
+    def read(path: str) -> str | None:
         try:
             with open(path) as f:
                 return f.read().strip()

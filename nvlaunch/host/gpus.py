@@ -15,6 +15,10 @@ from nvlaunch.core.records import record
 from nvlaunch.core.errors import DiscoveryError
 from nvlaunch.host.view import HostView, read_text
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 GPUS_DIR = "/proc/driver/nvidia/gpus"
 CAPS_DIR = "/proc/driver/nvidia/capabilities"
 MIG_MINORS = "/proc/driver/nvidia-caps/mig-minors"
@@ -84,7 +88,7 @@ def _read(path: str) -> str | None:
     try:
         return read_text(path)
     except OSError as err:
-        raise DiscoveryError(f"cannot read {path}: {err.strerror or err}") from err
+        raise DiscoveryError(f"cannot read {path}: {err.strerror or err}", errno=err.errno) from err
 
 
 def _fields(text: str) -> dict[str, str]:
@@ -110,7 +114,7 @@ def enumerate_gpus(host: HostView) -> tuple[Gpu, ...]:
     except (FileNotFoundError, NotADirectoryError):
         return ()
     except OSError as err:
-        raise DiscoveryError(f"cannot list {base}: {err.strerror or err}") from err
+        raise DiscoveryError(f"cannot list {base}: {err.strerror or err}", errno=err.errno) from err
     found = []
     for name in names:
         path = host.proc(f"{GPUS_DIR}/{name}/information")
@@ -155,7 +159,7 @@ def _cap_minor(host: HostView, rel: str, minors: dict[str, int]) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _numbered(names, prefix: str) -> list[int]:
+def _numbered(names: Iterable[str], prefix: str) -> list[int]:
     return sorted(int(n[len(prefix):]) for n in names
                   if n.startswith(prefix) and n[len(prefix):].isdigit())
 
@@ -188,7 +192,7 @@ def enumerate_migs(host: HostView, gpu: Gpu, minors: dict[str, int] | None = Non
     return tuple(out)
 
 
-def nvml_mig_uuids(gpus) -> dict[tuple[str, int, int], str]:
+def nvml_mig_uuids(gpus: Iterable[Gpu]) -> dict[tuple[str, int, int], str]:
     """{(parent GPU uuid lowercased, gi, ci): MIG uuid} from NVML; raises on NVML failure.
 
     Imported here, only for MIG requests: pynvml costs ~80 ms plus nvmlInit.

@@ -31,12 +31,12 @@ MAXSYMLINKS = 40     # as the kernel's path walk (MAXSYMLINKS in include/linux/n
 class Resolver:
     """Resolves absolute paths inside `root` (a host directory)."""
 
-    def __init__(self, root: str, reads: dict | None = None):
+    def __init__(self, root: str, reads: dict[str, str] | None = None):
         self.prefix = "" if root == "/" else root.rstrip("/")
         # in-root component -> (kind, resolved in-root path, parts still to create):
         # kind "dir", "file" (anything but a directory), "missing", or "dangling" (a
         # link whose target does not exist: resolved + rest is where it points).
-        self.memo: dict[str, tuple[str, str, tuple]] = {}
+        self.memo: dict[str, tuple[str, str, tuple[str, ...]]] = {}
         self.reads = reads
 
     def host(self, resolved: str) -> str:
@@ -76,7 +76,7 @@ class Resolver:
                 tail.append(part)
         return (cur.rstrip("/") + "/" + "/".join(tail)) if tail else cur
 
-    def _walk(self, path: str, hops: list) -> tuple[str, list]:
+    def _walk(self, path: str, hops: list[int]) -> tuple[str, list[str]]:
         """(resolved prefix, the parts left from the first missing component on)."""
         parts = path.split("/")
         cur = ""
@@ -99,13 +99,13 @@ class Resolver:
             cur = resolved
         return cur or "/", []
 
-    def _component(self, nxt: str, hops: list) -> tuple[str, str, tuple]:
+    def _component(self, nxt: str, hops: list[int]) -> tuple[str, str, tuple[str, ...]]:
         if self.reads is not None:
             self.reads.setdefault(self.host(nxt), "node")
         try:
             st = os.lstat(self.prefix + nxt)
         except (OSError, ValueError):       # ENOENT, ENOTDIR, EACCES, a NUL byte
-            entry: tuple[str, str, tuple] = ("missing", nxt, ())
+            entry: tuple[str, str, tuple[str, ...]] = ("missing", nxt, ())
         else:
             if not stat.S_ISLNK(st.st_mode):
                 entry = ("dir" if stat.S_ISDIR(st.st_mode) else "file", nxt, ())

@@ -34,6 +34,10 @@ from itertools import compress, repeat
 from nvlaunch.core.errors import DiscoveryError
 from nvlaunch.core.records import record
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
 __all__ = [
     "ARCH_MASK", "ARCH_NAMES", "CacheEntry", "FLAG_AARCH64_LIB64", "FLAG_ARM_LIBHF",
     "FLAG_ARM_LIBSF", "FLAG_ELF", "FLAG_ELF_LIBC5", "FLAG_ELF_LIBC6", "FLAG_I386",
@@ -175,6 +179,7 @@ def _parse_new(data: bytes, base: int, path: str) -> list[CacheEntry]:
     if nlibs > (len(data) - start) // _ENTRY_NEW.size:
         raise _damaged(path, f"{nlibs} entries do not fit in {len(data)} bytes")
     table = memoryview(data)[start:start + nlibs * _ENTRY_NEW.size]
+    columns: tuple[Sequence[int], ...]
     if endian == _NATIVE:
         # Columns read in place: an entry is 6 uint32 (flags, key, value, osversion,
         # hwcap lo/hi) = 3 uint64.  Free, where unpacking 1000 rows costs ~0.1 ms.
@@ -203,7 +208,8 @@ def _parse_old(data: bytes, path: str) -> list[CacheEntry]:
     return _entries(data, strings, (flags, keys, values, repeat(0), repeat(0)), nlibs, path)
 
 
-def _entries(data: bytes, base: int, columns, nlibs: int, path: str) -> list[CacheEntry]:
+def _entries(data: bytes, base: int, columns: tuple[Iterable[int], ...], nlibs: int,
+             path: str) -> list[CacheEntry]:
     """Entries from columns (flags, key, value, osversion, hwcap) of an entry table.
 
     Offsets count from `base`.  For speed the whole area is decoded once as latin-1
@@ -224,7 +230,8 @@ def _entries(data: bytes, base: int, columns, nlibs: int, path: str) -> list[Cac
     return _make_entries(keys, values, flags, osvers, hwcaps)
 
 
-def _raise_bad_string(path, size, koffs, kends, voffs, vends):
+def _raise_bad_string(path: str, size: int, koffs: Iterable[int], kends: Iterable[int],
+                      voffs: Iterable[int], vends: Iterable[int]) -> None:
     for i, (k, ke, v, ve) in enumerate(zip(koffs, kends, voffs, vends)):
         for what, off, end in (("key", k, ke), ("value", v, ve)):
             if end == -1:
@@ -241,13 +248,15 @@ def _utf8(strings: list[str]) -> list[str]:
     return strings
 
 
-def _make_entries(keys: list, *columns) -> list[CacheEntry]:
+def _make_entries(keys: list[str], *columns: Iterable[object]) -> list[CacheEntry]:
     """CacheEntry records from field columns (in field order, keys first), built in C:
     tuple.__new__ over zipped columns, no per-object Python call."""
-    return list(map(tuple.__new__, repeat(CacheEntry, len(keys)), zip(keys, *columns)))
+    # A record is a tuple subclass at run time, a plain class to mypy
+    return list(map(tuple.__new__, repeat(CacheEntry, len(keys)),  # type: ignore[arg-type]
+                    zip(keys, *columns)))
 
 
-_load_cache: dict[str, tuple[tuple, list[CacheEntry]]] = {}
+_load_cache: dict[str, tuple[tuple[int, int, int], list[CacheEntry]]] = {}
 
 
 def load(path: str = LD_SO_CACHE) -> list[CacheEntry]:
@@ -266,7 +275,7 @@ def load(path: str = LD_SO_CACHE) -> list[CacheEntry]:
                 return list(hit[1])
             data = f.read()
     except OSError as err:
-        raise LdCacheError(f"{path}: cannot read ld cache: {err.strerror or err}") from err
+        raise LdCacheError(f"{path}: cannot read ld cache: {err.strerror or err}", errno=err.errno) from err
     entries = parse(data, path)
     if len(_load_cache) >= 16:
         _load_cache.clear()
@@ -277,7 +286,7 @@ def load(path: str = LD_SO_CACHE) -> list[CacheEntry]:
 # ---------------------------------------------------------------- querying
 
 
-def lookup(entries, soname: str, arch: int = FLAG_X8664_LIB64) -> CacheEntry | None:
+def lookup(entries: Iterable[CacheEntry], soname: str, arch: int = FLAG_X8664_LIB64) -> CacheEntry | None:
     """The entry the loader would take for `soname` on `arch`: the first one in file
     order whose key matches, with FLAG_ELF set and those arch bits.
 
@@ -291,7 +300,7 @@ def lookup(entries, soname: str, arch: int = FLAG_X8664_LIB64) -> CacheEntry | N
     return None
 
 
-def by_key(entries, arch: int | None = None) -> dict[str, list[CacheEntry]]:
+def by_key(entries: Iterable[CacheEntry], arch: int | None = None) -> dict[str, list[CacheEntry]]:
     """Entries grouped by key, keys and candidates in file order (first = preferred).
 
     With `arch`, only ELF entries for that arch are kept.
@@ -358,9 +367,10 @@ def libcmp(a: str | bytes, b: str | bytes) -> int:
     return _schar(p1[i]) - _schar(p2[j])
 
 
-def _tokens(key: bytes) -> list:
+def _tokens(key: bytes) -> list[bytes]:
     """Digit runs and single other bytes, in order: b"lib10.so" -> [b"l", b"i", b"b", b"10", ...]."""
-    out, i, n = [], 0, len(key)
+    out: list[bytes] = []
+    i, n = 0, len(key)
     while i < n:
         j = i + 1
         if 48 <= key[i] <= 57:
@@ -371,7 +381,7 @@ def _tokens(key: bytes) -> list:
     return out
 
 
-def sort_key(key: str | bytes) -> tuple:
+def sort_key(key: str | bytes) -> tuple[int, ...]:
     """A sort key ordering strings as libcmp() does.
 
     Each digit run becomes (1, value) and each other byte (0, signed value), ending
@@ -379,7 +389,7 @@ def sort_key(key: str | bytes) -> tuple:
     not transitive for digit runs whose int values differ by 2**31 or more; no
     order can follow it there, and this one compares the wrapped values.)
     """
-    out = []
+    out: list[int] = []
     for tok in _tokens(_as_bytes(key)):
         if 48 <= tok[0] <= 57:
             out += (1, _int32(int(tok)))
@@ -389,7 +399,7 @@ def sort_key(key: str | bytes) -> tuple:
     return tuple(out)
 
 
-def _ordered(entries) -> list[CacheEntry]:
+def _ordered(entries: Iterable[CacheEntry]) -> list[CacheEntry]:
     """ldconfig's order (elf/cache.c compare): keys in descending libcmp order, then
     flags descending, then glibc-hwcaps entries first; otherwise the caller's order,
     so the first of several equal entries stays the one the loader takes.  Exact
@@ -408,7 +418,7 @@ def _ordered(entries) -> list[CacheEntry]:
 # ---------------------------------------------------------------- writing
 
 
-def build(entries) -> bytes:
+def build(entries: Iterable[CacheEntry]) -> bytes:
     """A new-format cache (glibc 2.36 layout, no extension section) of `entries`,
     sorted for the loader's binary search; see _ordered()."""
     return _pack(_ordered(entries))

@@ -9,6 +9,10 @@ from nvlaunch.host.driver_files import ANY, ARCHES, LD_SO_CACHE, DriverFile
 from nvlaunch.host.inroot import Resolver
 from nvlaunch.host.view import HostView
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
 
 # The dynamic loader is named by the program interpreter, never through a library
 # directory: a copy in the container's library directory would do nothing.
@@ -18,8 +22,8 @@ _LOADER_PREFIXES = ("ld-linux", "ld64.so", "ld-musl")
 MAX_SYSTEM_LIBS = 64
 
 
-def system_libs(host: HostView, files, driver_files=(), machine: str | None = None
-                ) -> list[DriverFile]:
+def system_libs(host: HostView, files: Sequence[DriverFile], driver_files: Iterable[DriverFile] = (),
+                machine: str | None = None) -> list[DriverFile]:
     """The host libraries outside the driver that its native libraries and binaries in
     `files` need (DT_NEEDED, followed transitively): libm.so.6, libpthread.so.0, ... for
     libcuda and nvidia-smi.  Each is found through the driver root's ld cache (first
@@ -63,7 +67,7 @@ def system_libs(host: HostView, files, driver_files=(), machine: str | None = No
     return out
 
 
-def _needed(path: str) -> tuple:
+def _needed(path: str) -> tuple[str, ...]:
     try:
         info = elf.read_elf_info(path)
     except ValueError:

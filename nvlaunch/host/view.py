@@ -8,6 +8,14 @@ from __future__ import annotations
 import os
 import stat
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    # what probe() saw at a path: a node's identity, a directory's names, a file's bytes
+    Probe = tuple[int, ...] | tuple[str, ...] | bytes | None
+
 ENV_DRIVER_ROOT = "NVLAUNCH_DRIVER_ROOT"
 ENV_DEV_ROOT = "NVLAUNCH_DEV_ROOT"
 ENV_PROC_ROOT = "NVLAUNCH_PROC_ROOT"
@@ -33,16 +41,17 @@ class HostView:
         self.reads = reads
 
     @classmethod
-    def from_env(cls, driver_root=None, dev_root=None, proc_root=None, environ=os.environ):
+    def from_env(cls, driver_root: str | None = None, dev_root: str | None = None,
+                 proc_root: str | None = None, environ: Mapping[str, str] = os.environ) -> HostView:
         """Options win over variables; variables win over the real host."""
-        def pick(opt, var):
+        def pick(opt: str | None, var: str) -> str:
             val = opt or environ.get(var) or "/"
             return os.path.abspath(val)
         return cls(pick(driver_root, ENV_DRIVER_ROOT), pick(dev_root, ENV_DEV_ROOT),
                    pick(proc_root, ENV_PROC_ROOT))
 
     @classmethod
-    def from_options(cls, gopts: dict | None) -> "HostView":
+    def from_options(cls, gopts: Mapping[str, Any] | None) -> HostView:
         """The view of the global options (--driver-root, ...), else the variables."""
         g = gopts or {}
         return cls.from_env(g.get("driver_root"), g.get("dev_root"), g.get("proc_root"))
@@ -51,7 +60,7 @@ class HostView:
     def roots(self) -> tuple[str, str, str]:
         return (self.driver_root, self.dev_root, self.proc_root)
 
-    def recording(self) -> "HostView":
+    def recording(self) -> HostView:
         """The same roots, recording every path given out from now on."""
         return HostView(*self.roots, reads={})
 
@@ -72,7 +81,7 @@ class HostView:
         """`path` such as /proc/driver/nvidia/version under the proc root."""
         return self._give(_join(self.proc_root, path), kind)
 
-    def env(self) -> dict:
+    def env(self) -> dict[str, str]:
         """The variables that carry this view to a child nvlaunch (a hook, say)."""
         return {ENV_DRIVER_ROOT: self.driver_root, ENV_DEV_ROOT: self.dev_root,
                 ENV_PROC_ROOT: self.proc_root}
@@ -90,7 +99,7 @@ class HostView:
 MAX_DATA = 1 << 20      # a /proc/driver/nvidia file is a few hundred bytes
 
 
-def probe(path: str, kind: str):
+def probe(path: str, kind: str) -> Probe:
     """What a recorded read saw at `path`, as a comparable value (None: absent).  For a
     node: its identity (type, inode; for files also size and mtime; for device nodes the
     device number); a directory's mtime is left out, since /run or /tmp change all the
@@ -114,7 +123,7 @@ def probe(path: str, kind: str):
         return None
 
 
-def fingerprint(reads: dict[str, str]) -> tuple:
+def fingerprint(reads: dict[str, str]) -> tuple[tuple[str, Probe], ...]:
     """probe() of every read, in path order."""
     return tuple((path, probe(path, kind)) for path, kind in sorted(reads.items()))
 

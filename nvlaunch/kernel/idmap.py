@@ -92,4 +92,5 @@ def write_maps(kernel, pid: int, uid: int, gid: int) -> None:
         kernel.write_file(f"/proc/{pid}/setgroups", "deny")
         kernel.write_file(f"/proc/{pid}/gid_map", _fmt(id_map(gid, egid, None)))
     except OSError as err:
-        raise NamespaceError(f"cannot map uid {euid} to {uid} in the user namespace: {err.strerror}") from err
+        raise NamespaceError(f"cannot map uid {euid} to {uid} in the user namespace: {err.strerror}",
+                             errno=err.errno) from err

@@ -14,6 +14,10 @@ from nvlaunch.core import consts as C
 from nvlaunch.core.errors import DiscoveryError
 from nvlaunch.core.records import record, replace
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection
+
 # How the executor treats a host source that is missing at apply time (Charliecloud's
 # BD_REQUIRED / BD_OPTIONAL): driver files differ between driver versions.
 REQUIRED = "required"
@@ -74,25 +78,30 @@ class Tmpfs:
     options: str = "mode=0555"
 
 
+if TYPE_CHECKING:
+    Entry = BindFile | BindDir | BindDevice | Symlink | WriteFile | Tmpfs
+    Bind = BindFile | BindDir | BindDevice
+
+
 @record
 class Plan:
     """What a container gets.  `entries` are applied in order; `devices` is what the cgroup
     rules must allow; `env` is added to the container's environment; `libdir` is where
     libraries went (the ld cache names it); `ldcache` lists (soname, container path)
     pairs the container's ld.so.cache must hold."""
-    entries: tuple = ()
-    devices: tuple = ()
-    env: tuple = ()
+    entries: tuple[Entry, ...] = ()
+    devices: tuple[BindDevice, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
     libdir: str | None = None
-    ldcache: tuple = ()
-    notes: tuple = ()
+    ldcache: tuple[tuple[str, str, bool], ...] = ()   # (soname, container path, 32-bit)
+    notes: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
         return not self.entries and not self.env
 
 
-def bind_flags(entry) -> int:
+def bind_flags(entry: Bind) -> int:
     """The mount flags of a bind record, the same in every executor: device nodes
     nosuid,noexec (and not nodev, or they could not be opened); files and directories
     nosuid,nodev, read-only unless asked otherwise, directories recursively."""
@@ -104,7 +113,7 @@ def bind_flags(entry) -> int:
     return flags
 
 
-def bind_wanted(entry, source_exists: bool) -> bool:
+def bind_wanted(entry: Bind, source_exists: bool) -> bool:
     """The bind policy, in one place for every executor: whether a bind whose host source
     does (not) exist is made.  A missing OPTIONAL source is skipped, a missing REQUIRED
     one is an error; IF_ABSENT must have been settled for the rootfs (settle_absent)."""
@@ -118,16 +127,17 @@ def bind_wanted(entry, source_exists: bool) -> bool:
     raise DiscoveryError(f"{entry.src}: driver file missing")
 
 
-def settle_absent(plan: "Plan", present) -> "Plan":
+def settle_absent(plan: Plan, present: Callable[[list[str]], Collection[str]]) -> Plan:
     """`plan` for one rootfs: each IF_ABSENT library whose soname `present(names)` reports
     in the container is dropped (with its ld cache line), the others become REQUIRED."""
-    absent = [e for e in plan.entries if getattr(e, "policy", None) == IF_ABSENT]
+    absent = [e for e in plan.entries if isinstance(e, (BindFile, BindDir)) and e.policy == IF_ABSENT]
     if not absent:
         return plan
     there = present([e.dst.rpartition("/")[2] for e in absent])
-    entries, dropped = [], set()
+    entries: list[Entry] = []
+    dropped: set[str] = set()
     for e in plan.entries:
-        if getattr(e, "policy", None) == IF_ABSENT:
+        if isinstance(e, (BindFile, BindDir)) and e.policy == IF_ABSENT:
             if e.dst.rpartition("/")[2] in there:
                 dropped.add(e.dst)
                 continue

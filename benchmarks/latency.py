@@ -604,7 +604,7 @@ def build_variants(setup: Setup, user, nvl: list, hosts_main=(1, 8)) -> list:
     # OCI runtimes (root only).
     if os.geteuid() == 0:
         hook = hook_wrapper(setup.work)
-        hook_ok = os.path.exists(os.path.join(REPO, "nvlaunch", "oci_hook.py"))
+        hook_ok = os.path.exists(os.path.join(REPO, "nvlaunch", "frontends", "oci_hook.py"))
         env1 = setup.host_env(hosts_main[0])
         for rt in ("runc", "crun"):
             state = os.path.join(setup.work, f"state-{rt}")
@@ -636,7 +636,7 @@ def build_variants(setup: Setup, user, nvl: list, hosts_main=(1, 8)) -> list:
                 v = Variant(key, label, argv_of(mode[0]), group="root", kind="oci", preexec=mode[1],
                             note=mode[2])
                 if with_hook and not hook_ok:
-                    v.available, v.reason = False, "nvlaunch/oci_hook.py does not exist yet"
+                    v.available, v.reason = False, "nvlaunch/frontends/oci_hook.py does not exist"
                 vs.append(v)
     return vs
 

@@ -4,8 +4,8 @@ Every call is recorded as (name, args).  `fail_on(name, nth, errno)` (or the con
 `fail={(name, nth): errno}`) makes the nth call of `name` raise OSError.
 
 - Mount-type calls (mount, bind_mount, remount_bind, umount2, pivot_root,
-  mount_setattr), process state (chdir, fchdir, prctl, sethostname, setgroups, setgid,
-  setuid) and writes to kernel files (write_file) are recorded, not made.  A mount or
+  mount_setattr), process state (clone, setns, chdir, prctl, sethostname, setgroups,
+  setgid, setuid) and writes to kernel files (write_file) are recorded, not made.  A mount or
   bind onto a target that does not exist fails with ENOENT, as the kernel's would.  An
   overlay mount is simulated by copying its lower and upper layers into the target
   (the test trees are small), a proc mount by a `driver` directory in its target, so
@@ -117,11 +117,16 @@ class FakeKernel:
 
     # -- process state: recorded, not made
 
+    def clone(self, flags):
+        """Recorded; a fake cannot make a process, so it answers ENOSYS after that."""
+        self._record("clone", flags)
+        raise OSError(_errno.ENOSYS, "Function not implemented")
+
+    def setns(self, fd, nstype, path=None):
+        self._record("setns", fd, nstype, path)
+
     def chdir(self, path):
         self._record("chdir", path)
-
-    def fchdir(self, fd):
-        self._record("fchdir", fd)
 
     def prctl(self, option, arg2):
         self._record("prctl", option, arg2)

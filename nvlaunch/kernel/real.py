@@ -29,7 +29,6 @@ def _write_all(fd: int, data: bytes) -> None:
 class RealKernel:
     # namespaces, mounts, processes (nvlaunch._ns)
     clone = staticmethod(_ns.clone)
-    unshare = staticmethod(_ns.unshare)
     setns = staticmethod(_ns.setns)
     mount = staticmethod(_ns.mount)
     bind_mount = staticmethod(_ns.bind_mount)
@@ -44,7 +43,6 @@ class RealKernel:
     # device cgroup programs
     bpf_prog_load = staticmethod(_ns.bpf_prog_load)
     bpf_prog_attach = staticmethod(_ns.bpf_prog_attach)
-    bpf_prog_detach = staticmethod(_ns.bpf_prog_detach)
     bpf_prog_query = staticmethod(_ns.bpf_prog_query)
     bpf_prog_get_fd_by_id = staticmethod(_ns.bpf_prog_get_fd_by_id)
     bpf_prog_xlated_insns = staticmethod(_ns.bpf_prog_xlated_insns)
@@ -61,7 +59,6 @@ class RealKernel:
     chmod = staticmethod(os.chmod)
     chown = staticmethod(os.chown)
     chdir = staticmethod(os.chdir)
-    fchdir = staticmethod(os.fchdir)
     # credentials (a root container's --uid/--gid)
     setgroups = staticmethod(os.setgroups)
     setgid = staticmethod(os.setgid)

@@ -1,7 +1,7 @@
 """Build nvlaunch and its syscall core (nvlaunch._ns, from nvlaunch/_ns.pyx, Cython 3)."""
 from setuptools import Extension, setup
 
-PACKAGES = ("core", "host", "plan", "kernel", "exec", "render", "oci", "frontends", "setup", "cli")
+PACKAGES = ("core", "host", "plan", "kernel", "exec", "render", "oci", "frontends", "setup")
 
 try:
     from Cython.Build import cythonize

@@ -16,7 +16,7 @@ switched with setpriv; the `setpriv /bin/true` row is that switch's own cost):
   bwrap with exactly the binds of nvlaunch's plan (from `nvlaunch list --json`), and bare;
   unshare --user --map-root-user --mount --pid --fork chroot ROOTFS /bin/true;
   runc run (no hook; prestart hook `nvlaunch hook prestart`), crun likewise;
-  interpreter baselines (python -c pass, -I -S, import nvlaunch.cli.main) and fork+exec of /bin/true.
+  interpreter baselines (python -c pass, -I -S, import nvlaunch.cli) and fork+exec of /bin/true.
 Then: nvlaunch's per-phase times (its `nvlaunch-timings:` line, NVLAUNCH_T0_NS set so that
 "startup" = interpreter start + imports), a split of "prepare" (imports vs discovery+plan),
 the top imports (-X importtime), scaling with GPUs (1, 2, 4, 8, 16) and capabilities,
@@ -657,14 +657,14 @@ def _pick_runtime_mode(argv_of) -> tuple:
 def baselines(nvl: list) -> list:
     site = _site_packages()
     vs = [Variant("true", "fork+exec /bin/true", ["/bin/true"], kind="baseline"),
-          Variant("nvlaunch-help", "nvlaunch --help (interpreter + `import nvlaunch.cli.main`)",
+          Variant("nvlaunch-help", "nvlaunch --help (interpreter + `import nvlaunch.cli`)",
                   nvl + ["--help"], kind="baseline"),
           Variant("py-pass", "python -c pass", [PY, "-c", "pass"], kind="baseline"),
           Variant("py-IS-pass", "python -I -S -c pass", [PY, "-I", "-S", "-c", "pass"], kind="baseline"),
-          Variant("py-import-cli", "python -c 'import nvlaunch.cli.main'", [PY, "-c", "import nvlaunch.cli.main"],
+          Variant("py-import-cli", "python -c 'import nvlaunch.cli'", [PY, "-c", "import nvlaunch.cli"],
                   kind="baseline"),
-          Variant("py-IS-import-cli", "python -I -S + sys.path, import nvlaunch.cli.main",
-                  [PY, "-I", "-S", "-c", f"import sys; sys.path[:0] = [{REPO!r}, {site!r}]; import nvlaunch.cli.main"],
+          Variant("py-IS-import-cli", "python -I -S + sys.path, import nvlaunch.cli",
+                  [PY, "-I", "-S", "-c", f"import sys; sys.path[:0] = [{REPO!r}, {site!r}]; import nvlaunch.cli"],
                   kind="baseline")]
     return vs
 
@@ -695,7 +695,7 @@ def _site_packages() -> str:
 PREPARE_PROBE = r"""
 import os, sys, time        # nothing else before the clock: json would preload re, enum, ...
 t0 = time.monotonic_ns()
-import nvlaunch.cli.main
+import nvlaunch.cli
 t1 = time.monotonic_ns()
 from nvlaunch.exec.launch import RunConfig, run
 from nvlaunch.plan.records import Plan
@@ -723,7 +723,7 @@ try:
 except Exception:
     pass
 import json
-json.dump({"import nvlaunch.cli.main": (t1 - t0) / 1e6, "imports of run (launch, build, plan, ...)": (t2 - t1) / 1e6,
+json.dump({"import nvlaunch.cli": (t1 - t0) / 1e6, "imports of run (launch, build, plan, ...)": (t2 - t1) / 1e6,
            "discovery + plan (first, incl. lazy imports)": (t3 - t2) / 1e6,
            "discovery + plan (again, warm)": (t4 - t3) / 1e6,
            "imports after prepare (kernel/_ns, prctl)": (t5 - t4) / 1e6,
@@ -957,7 +957,7 @@ def markdown(res: dict) -> str:
         for key, d in ph.items():
             r = rows[key]
             out.append(f"| {r['label']} | {r['user']} | " + " | ".join(fmt(d.get(n), 2) for n in names) + " |")
-        out += ["", "startup = fork/exec + interpreter start + `import nvlaunch.cli.main`; prepare = option "
+        out += ["", "startup = fork/exec + interpreter start + `import nvlaunch.cli`; prepare = option "
                 "parsing, the imports of `run`, driver/GPU discovery and the plan; namespaces = clone "
                 "until PID 1 runs; mounts = tmpfs, overlay, /proc /sys /dev and every bind (the sum of "
                 "the sub-phases below where nvlaunch reports them); init = environment; after init = "

@@ -15,7 +15,7 @@ that imports only go downward):
     oci/       OCI state and config.json, hook entries
     frontends/ run, hook, lxc-hook, cdi, ldcache, runtime, info/list/features
     setup/     one module per container system
-    cli/       the command line: dispatch and the one error line
+    cli        the command line (one module): dispatch and the one error line
 
 `python3 -m nvlaunch` run inside a source checkout imports the checkout's package (the
 current directory comes first on sys.path), even where its syscall core was never built

@@ -1,7 +1,7 @@
 import os
 import sys
 
-from nvlaunch.cli.main import main
+from nvlaunch.cli import main
 
 code = main()
 sys.stdout.flush()

@@ -105,7 +105,7 @@ def os_path(path: object) -> str:
 
 
 def wrap(err: OSError, cls: type[NvlaunchError] | None = None, context: str | None = None,
-         op: str | None = None) -> "NvlaunchError":
+         op: str | None = None) -> NvlaunchError:
     """The domain error for an OSError: `cls` (NvlaunchError by default) with the
     message `CONTEXT: FILE: strerror`, the errno kept, and the hint of (errno, op)."""
     msg = os_message(err)
@@ -153,7 +153,7 @@ def pack_error(exc: BaseException, trace: bool = False) -> bytes:
     return "\0".join(str(f).replace("\0", " ") for f in fields).encode(errors="replace")
 
 
-def unpack_error(record: bytes) -> tuple["NvlaunchError", str]:
+def unpack_error(record: bytes) -> tuple[NvlaunchError, str]:
     """The error a record describes (exit code and errno kept), and its traceback text."""
     fields = record.decode(errors="replace").split("\0")
     if len(fields) != 4 or not (fields[0].isascii() and fields[0].isdigit()) \

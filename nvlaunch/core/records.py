@@ -3,7 +3,11 @@
 nvlaunch's plain data (the plan, requests, driver files, GPUs) is built on every launch,
 in a process that lives a few milliseconds.  Importing `dataclasses` (and `inspect`,
 which it pulls in) and generating each class's methods cost more there than discovery
-itself, so records are named tuples: created in C, immutable, hashable.
+itself, and so does `collections.namedtuple`, which compiles source text with exec()
+for each class (about 0.1 ms each, a dozen classes on the way to a container).  So a
+record is a tuple subclass made here directly: fields are C itemgetter properties, the
+constructor is one tuple.__new__ when every field is given, which is how the plan cache
+rebuilds them; immutable, hashable.
 
     @record
     class Gpu:
@@ -23,11 +27,12 @@ its type and the generated constructor.  At run time `typing` is never imported 
 """
 from __future__ import annotations
 
-from collections import namedtuple
+from _operator import itemgetter as _itemgetter   # the C module: `operator` costs an import
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, TypeVar, dataclass_transform
+    from collections.abc import Callable
+    from typing import Any, TypeVar, dataclass_transform
 
     T = TypeVar("T")
 else:
@@ -56,21 +61,71 @@ def record(cls: type[T]) -> type[T]:
             defaults.append(cls.__dict__[name])
         elif defaults:
             raise TypeError(f"{cls.__name__}.{name}: field without default after one with")
-    # mypy only follows namedtuple() with literal names; the fields here are computed
-    base = namedtuple(cls.__name__, names, defaults=defaults or None)  # type: ignore[misc]
-    body = {k: v for k, v in cls.__dict__.items()
-            if k not in names and k not in ("__dict__", "__weakref__", "__annotations__")}
-    body["__slots__"] = ()
-    body["__eq__"], body["__ne__"], body["__hash__"] = _eq, _ne, _hash
+    fields = tuple(names)
+    n = len(fields)
+    body: dict[str, Any] = {k: v for k, v in cls.__dict__.items()
+                            if k not in names and k not in ("__dict__", "__weakref__", "__annotations__")}
     post_init = body.pop("__post_init__", None)
-    if post_init is not None:
-        def __new__(klass: type[Any], *args: Any, **kwargs: Any) -> Any:
-            self = base.__new__(klass, *args, **kwargs)
+
+    def __new__(klass: type[Any], *args: Any, **kwargs: Any) -> Any:
+        if kwargs or len(args) != n:
+            args = _bind(klass, args, kwargs)
+        self = _tuple_new(klass, args)
+        if post_init is not None:
             post_init(self)
-            return self
-        body["__new__"] = __new__
-        body["_make"] = classmethod(lambda klass, it: klass(*it))
-    return type(cls.__name__, (base,), body)
+        return self
+
+    body.update({
+        "__slots__": (), "__new__": __new__, "_fields": fields, "__match_args__": fields,
+        "_field_defaults": dict(zip(fields[n - len(defaults):], defaults)),
+        "__eq__": _eq, "__ne__": _ne, "__hash__": _hash, "__repr__": _repr,
+        "__getnewargs__": _getnewargs, "_replace": _replace, "_make": classmethod(_make),
+    })
+    for i, name in enumerate(fields):
+        body[name] = property(_itemgetter(i), doc=f"{cls.__name__}.{name}")
+    return type(cls.__name__, (tuple,), body)
+
+
+_tuple_new = tuple.__new__
+
+
+def _bind(klass: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """The field values of a constructor call with keywords or defaults, checked as a
+    function's arguments would be."""
+    fields, defaults = klass._fields, klass._field_defaults
+    if len(args) > len(fields):
+        raise TypeError(f"{klass.__name__}() takes {len(fields)} arguments, {len(args)} given")
+    vals = list(args)
+    for name in fields[len(args):]:
+        if name in kwargs:
+            vals.append(kwargs.pop(name))
+        elif name in defaults:
+            vals.append(defaults[name])
+        else:
+            raise TypeError(f"{klass.__name__}() missing argument {name!r}")
+    if kwargs:
+        raise TypeError(f"{klass.__name__}() got unexpected or repeated arguments {sorted(kwargs)}")
+    return tuple(vals)
+
+
+def _repr(self: Any) -> str:
+    inner = ", ".join(f"{name}={value!r}" for name, value in zip(self._fields, self))
+    return f"{type(self).__name__}({inner})"
+
+
+def _getnewargs(self: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(self)
+
+
+def _replace(self: Any, **changes: Any) -> Any:
+    vals = [changes.pop(name, value) for name, value in zip(self._fields, self)]
+    if changes:
+        raise TypeError(f"{type(self).__name__}: no fields {sorted(changes)}")
+    return type(self)(*vals)
+
+
+def _make(klass: Any, iterable: Any) -> Any:
+    return klass(*iterable)
 
 
 def replace(rec: T, **changes: Any) -> T:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import errno
 import os
 import resource
-from collections.abc import Callable, Iterable
 
 from nvlaunch.core.consts import (
     BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI, BPF_F_REPLACE, BPF_PROG_TYPE_CGROUP_DEVICE,
@@ -51,6 +50,17 @@ from nvlaunch.kernel.real import REAL
 from nvlaunch.plan import bpf
 from nvlaunch.plan.devices import DeviceRule, normalize_access, parse_v1_line, rules_for_nodes
 from nvlaunch.plan.records import Plan
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Literal
+
+    from nvlaunch.kernel.protocol import Kernel
+
+TYPE_CHECKING = False   # `collections.abc` costs 2 ms; annotations only
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 LICENSE = "Apache"            # what runc, crun and libnvidia-container load theirs with
 QUERY_START_IDS = 64          # BPF_PROG_QUERY id slots first tried (runc: 64)
@@ -69,7 +79,7 @@ class Undo:
     """What allow_devices() changed.  `undo()` reverts it (newest change first);
     `close()` keeps it and releases the program fds.  Both are idempotent."""
 
-    def __init__(self, target: CgroupTarget, kernel=REAL):
+    def __init__(self, target: CgroupTarget, kernel: Kernel = REAL):
         self.target = target
         self.kernel = kernel
         self.changes: list[str] = []     # human-readable, for --dry-run style reports
@@ -101,10 +111,11 @@ class Undo:
             except OSError:
                 pass
 
-    def __enter__(self):
+    def __enter__(self) -> Undo:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         # In a `with` block: an exception reverts, a normal exit keeps the rules.
         if exc_type is None:
             self.close()
@@ -115,7 +126,7 @@ class Undo:
 
 # ---- allow -----------------------------------------------------------------------
 
-def allow_devices(target: CgroupTarget, rules: Iterable[DeviceRule], kernel=REAL) -> Undo:
+def allow_devices(target: CgroupTarget, rules: Iterable[DeviceRule], kernel: Kernel = REAL) -> Undo:
     """Allow `rules` (allow rules only) in the cgroup `target`; returns the Undo.
 
     Fails as a whole: on error everything done so far is reverted and CgroupError,
@@ -168,7 +179,7 @@ def _read_v1_list(path: str) -> list[DeviceRule]:
         return [parse_v1_line(ln) for ln in f.read().splitlines() if ln.strip()]
 
 
-def _allow_v1(path: str, rules: tuple[DeviceRule, ...], kernel, undo: Undo) -> None:
+def _allow_v1(path: str, rules: tuple[DeviceRule, ...], kernel: Kernel, undo: Undo) -> None:
     allow, deny = f"{path}/devices.allow", f"{path}/devices.deny"
     try:
         current = _read_v1_list(f"{path}/devices.list")
@@ -178,7 +189,7 @@ def _allow_v1(path: str, rules: tuple[DeviceRule, ...], kernel, undo: Undo) -> N
     # exceptions (devcgroup_seq_show()); then an allow write removes such a hidden
     # exception, and its undo (a deny write) adds one, which may be more than was there.
     default_allow = any(r.type == "a" for r in current)
-    granted: dict[tuple, set[str]] = {}
+    granted: dict[tuple[str, int | None, int | None], set[str]] = {}
     for r in current:
         granted.setdefault(r.key, set()).update(r.access)
     for rule in rules:
@@ -195,12 +206,15 @@ def _allow_v1(path: str, rules: tuple[DeviceRule, ...], kernel, undo: Undo) -> N
         except OSError as err:
             raise _StepFailed(f"write {line!r} to {allow}", err) from err
         granted.setdefault(rule.key, set()).update(access)
-        undo._add(f"allow {line}", lambda line=line: kernel.write_file(deny, line))
+
+        def revert(line: str = line) -> None:
+            kernel.write_file(deny, line)
+        undo._add(f"allow {line}", revert)
 
 
 # -- v2
 
-def _query(kernel, cg_fd: int) -> tuple[int, list[int]]:
+def _query(kernel: Kernel, cg_fd: int) -> tuple[int, list[int]]:
     """BPF_PROG_QUERY with a growing id buffer: the kernel answers ENOSPC when the
     programs do not fit (__cgroup_bpf_query() in kernel/bpf/cgroup.c)."""
     size = QUERY_START_IDS
@@ -213,7 +227,7 @@ def _query(kernel, cg_fd: int) -> tuple[int, list[int]]:
             size *= 4
 
 
-def load_device_program(insns: bytes, kernel=REAL) -> int:
+def load_device_program(insns: bytes, kernel: Kernel = REAL) -> int:
     """BPF_PROG_LOAD a device filter; returns its fd or raises OSError.  As crun's
     libcrun_ebpf_load() does it:
     - EPERM on a kernel that still charges BPF memory to RLIMIT_MEMLOCK (before 5.11;
@@ -244,7 +258,7 @@ def load_device_program(insns: bytes, kernel=REAL) -> int:
             raise
 
 
-def _allow_v2(path: str, rules: tuple[DeviceRule, ...], kernel, undo: Undo) -> None:
+def _allow_v2(path: str, rules: tuple[DeviceRule, ...], kernel: Kernel, undo: Undo) -> None:
     try:
         cg_fd = kernel.open(path, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
     except OSError as err:
@@ -288,9 +302,10 @@ def _allow_v2(path: str, rules: tuple[DeviceRule, ...], kernel, undo: Undo) -> N
         except OSError as err:
             raise _StepFailed(f"attach in place of {what}", err) from err
         back = new_fd if flags & BPF_F_REPLACE else 0
-        undo._add(f"replace {what}",
-                  lambda o=old_fd, b=back: kernel.bpf_prog_attach(o, cg_fd, BPF_CGROUP_DEVICE,
-                                                                 flags, b))
+
+        def swap_back(o: int = old_fd, b: int = back) -> None:
+            kernel.bpf_prog_attach(o, cg_fd, BPF_CGROUP_DEVICE, flags, b)
+        undo._add(f"replace {what}", swap_back)
         log(f"cgroup: {path}: {what} replaced by a program with {len(rules)} more rules")
 
 

@@ -23,18 +23,23 @@ from nvlaunch.kernel.real import REAL
 from nvlaunch.plan.records import (BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile,
                                    bind_flags, bind_wanted)
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nvlaunch.kernel.protocol import Kernel
+    from nvlaunch.plan.records import Entry
+
 
 class Injector:
     """Applies plan entries under one rootfs fd; remembers what it created."""
 
-    def __init__(self, kernel, rootfs: str):
+    def __init__(self, kernel: Kernel, rootfs: str):
         self.kernel = kernel
         self.rootfs = rootfs
         self.rootfd = kernel.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.created: list[str] = []     # container paths this run created, in order
         self.mounted: list[str] = []     # container paths this run mounted on, in order
-        self.dirs: dict = {}             # parent path -> O_PATH fd, for make_in_root
-        self.canon: dict = {}            # parent path -> its canonical path in the root
+        self.dirs: dict[str, int] = {}   # parent path -> O_PATH fd, for make_in_root
+        self.canon: dict[str, str] = {}  # parent path -> its canonical path in the root
 
     def close(self) -> None:
         for fd in self.dirs.values():
@@ -58,7 +63,7 @@ class Injector:
         # followed), so its canonical path is the parent's plus the name.
         root = self.rootfs.rstrip("/")
         parent, _, name = path.rstrip("/").rpartition("/")
-        missing = []
+        missing: list[str] = []
         cparent = self.canon.get(parent)
         if cparent is None:
             cparent = resolve_in_root(self.rootfs, parent or "/")
@@ -74,13 +79,14 @@ class Injector:
         self.created.extend(reversed(missing))
 
     def mount_on(self, path: str, source: str | None, fstype: str | None, flags: int,
-                 data: str | None = None, bind: bool = False, shown_source: str | None = None):
+                 data: str | None = None, bind: bool = False, shown_source: str | None = None) -> None:
         fd = open_in_root(self.kernel, self.rootfd, path, os.O_PATH)
         try:
             if not bind:
                 self.kernel.mount(source, f"/proc/self/fd/{fd}", fstype, flags, data)
                 self.mounted.append(path)
                 return
+            assert source is not None       # a bind has a source
             self.kernel.bind_mount(source, f"/proc/self/fd/{fd}", flags & C.MS_REC)
             self.mounted.append(path)
             if flags & ~C.MS_REC:
@@ -130,7 +136,7 @@ class Injector:
         self.created.clear()
 
 
-def inject(plan: Plan, rootfs: str, kernel=None) -> Injector:
+def inject(plan: Plan, rootfs: str, kernel: Kernel | None = None) -> Injector:
     """Apply `plan` under `rootfs` (already in the container's mount namespace).
     Returns the Injector (its .created says what was made); undoes and raises on error."""
     kernel = kernel or REAL
@@ -148,7 +154,7 @@ def inject(plan: Plan, rootfs: str, kernel=None) -> Injector:
         inj.close()
 
 
-def _apply(inj: Injector, entry) -> None:
+def _apply(inj: Injector, entry: Entry) -> None:
     if isinstance(entry, (BindFile, BindDevice, BindDir)):
         if not bind_wanted(entry, os.path.exists(entry.src)):
             return

@@ -18,7 +18,13 @@ from nvlaunch.core.consts import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS
 from nvlaunch.core.errors import ContainerPathError
 from nvlaunch.host.inroot import MAXSYMLINKS, resolve_in_root
 
-def open_in_root(kernel, rootfd: int, path: str, flags: int = os.O_PATH) -> int:
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nvlaunch.kernel.protocol import Kernel
+
+
+def open_in_root(kernel: Kernel, rootfd: int, path: str, flags: int = os.O_PATH) -> int:
     """An fd for `path` resolved inside the root at `rootfd` (O_CLOEXEC always)."""
     flags |= os.O_CLOEXEC
     try:
@@ -37,8 +43,8 @@ def open_in_root(kernel, rootfd: int, path: str, flags: int = os.O_PATH) -> int:
     return fd
 
 
-def make_in_root(kernel, rootfd: int, path: str, kind: str, mode: int = 0o755,
-                 target: str | None = None, dirs: dict | None = None) -> None:
+def make_in_root(kernel: Kernel, rootfd: int, path: str, kind: str, mode: int = 0o755,
+                 target: str | None = None, dirs: dict[str, int] | None = None) -> None:
     """Create `path` inside the root: kind "dir", "file" (an empty mount point) or "link"
     (-> target).  Parents are created as needed, each one opened inside the root, so a
     symlink in the rootfs can never make us create something on the host.  An existing
@@ -63,8 +69,8 @@ def make_in_root(kernel, rootfd: int, path: str, kind: str, mode: int = 0o755,
                     raise ContainerPathError(f"{path}: exists in the rootfs and is not a directory") from None
         elif kind == "file":
             try:
-                kernel.close(kernel.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                 mode, dir_fd=pfd))
+                kernel.close(kernel.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
+                                         | os.O_CLOEXEC, mode, dir_fd=pfd))
             except FileExistsError:
                 st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
                 if stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode):
@@ -76,6 +82,7 @@ def make_in_root(kernel, rootfd: int, path: str, kind: str, mode: int = 0o755,
                     kernel.close(kernel.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
                                      | os.O_CLOEXEC, mode, dir_fd=pfd))
         elif kind == "link":
+            assert target is not None       # a link is made with its target
             try:
                 kernel.symlink(target, name, dir_fd=pfd)
             except FileExistsError:
@@ -95,7 +102,7 @@ def make_in_root(kernel, rootfd: int, path: str, kind: str, mode: int = 0o755,
             kernel.close(pfd)
 
 
-def mkdirs_in_root(kernel, rootfd: int, path: str, mode: int = 0o755, _depth: int = 0) -> int:
+def mkdirs_in_root(kernel: Kernel, rootfd: int, path: str, mode: int = 0o755, _depth: int = 0) -> int:
     """`mkdir -p` inside the root; returns an O_PATH|O_DIRECTORY fd of the last directory.
     A symlink on the way is followed inside the root (and its target created if missing),
     as `mkdir -p` in the container would."""
@@ -119,7 +126,7 @@ def mkdirs_in_root(kernel, rootfd: int, path: str, mode: int = 0o755, _depth: in
         raise
 
 
-def _open_dir_in(kernel, rootfd: int, dirfd: int, name: str, whole: str, depth: int = 0) -> int:
+def _open_dir_in(kernel: Kernel, rootfd: int, dirfd: int, name: str, whole: str, depth: int = 0) -> int:
     """Open `name` under `dirfd` as a directory; if it is a symlink, resolve it inside the
     root (not against the host), which is what the container would see."""
     try:
@@ -144,7 +151,7 @@ def _open_dir_in(kernel, rootfd: int, dirfd: int, name: str, whole: str, depth: 
 
 
 
-def write_new(kernel, dirfd: int, name: str, data: bytes, mode: int, replace: bool = False) -> None:
+def write_new(kernel: Kernel, dirfd: int, name: str, data: bytes, mode: int, replace: bool = False) -> None:
     """Create `name` in the directory `dirfd` (never following a link there) holding
     `data`; an existing file is an error unless `replace` (then it is truncated)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC

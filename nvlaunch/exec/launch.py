@@ -25,17 +25,21 @@ import sys
 
 from nvlaunch.core import consts as C
 from nvlaunch.core import errors as E
-from nvlaunch.exec.pid1 import container_init
+from nvlaunch.exec.pid1 import FORWARDED_SIGNALS, Forwarder, container_init, exit_code
 from nvlaunch.exec.runroot import RunConfig, UserBind
-from nvlaunch.exec.signals import FORWARDED_SIGNALS, Forwarder, exit_code
-from nvlaunch.host.features import userns_restriction
-from nvlaunch.kernel.idmap import write_maps
 from nvlaunch.kernel.real import REAL
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+    from nvlaunch.core.timings import Timings
+    from nvlaunch.kernel.protocol import Kernel
 
 __all__ = ["RunConfig", "UserBind", "run", "exit_code"]
 
 
-def run(cfg: RunConfig, kernel=None, timings=None) -> int:
+def run(cfg: RunConfig, kernel: Kernel | None = None, timings: Timings | None = None) -> int:
     """Start the container and return its exit status (128+N for a signal)."""
     kernel = kernel or REAL
     rootless = os.geteuid() != 0
@@ -58,6 +62,7 @@ def run(cfg: RunConfig, kernel=None, timings=None) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for fd in (go_r, go_w, err_r, err_w):
             os.close(fd)
+        from nvlaunch.host.features import userns_restriction   # the error path only
         hint = (userns_restriction() if rootless else None) or E.hint_for(err.errno, "unshare")
         raise E.NamespaceError(f"cannot create namespaces: {err.strerror}", hint, errno=err.errno) from err
     if pid == 0:  # I, PID 1 of the new pid namespace
@@ -80,6 +85,7 @@ def run(cfg: RunConfig, kernel=None, timings=None) -> int:
     os.close(err_w)
     try:
         if rootless:
+            from nvlaunch.kernel.idmap import write_maps   # rootless only
             write_maps(kernel, pid, cfg.uid, cfg.gid)
         os.write(go_w, b"g")
     except BaseException:
@@ -97,13 +103,14 @@ def run(cfg: RunConfig, kernel=None, timings=None) -> int:
         record = f.read()
     _restore_foreground()
     if record:
+        from nvlaunch.host.features import userns_restriction
         _raise_record(record, userns_restriction() if rootless else None)
     return exit_code(status)
 
 
 # ---- P side -----------------------------------------------------------------------------
 
-def _wait_forwarding(pid: int, mask) -> int:
+def _wait_forwarding(pid: int, mask: set[int]) -> int:
     forwarder = Forwarder(pid)
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
@@ -138,7 +145,7 @@ def _report(fd: int, exc: BaseException, debug: bool) -> int:
     return E.describe(exc)[0]
 
 
-def _raise_record(record: bytes, restriction: str | None = None):
+def _raise_record(record: bytes, restriction: str | None = None) -> NoReturn:
     err, trace = E.unpack_error(record)
     if trace:
         sys.stderr.write(trace)

@@ -15,6 +15,14 @@ from nvlaunch.host import ldcache
 from nvlaunch.host.container import container_cache
 from nvlaunch.kernel.real import REAL
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from nvlaunch.kernel.protocol import Kernel
+
+    LdPairs = Iterable[tuple[str, str, bool]]   # (soname, container path, 32-bit)
+
 # The directories ld.so searches without being told (glibc's system dirs on x86-64 and
 # the multiarch ones Debian configures); a folder among them needs no ld.so.conf.d file.
 SYSTEM_LIBDIRS = frozenset({"/lib", "/usr/lib", "/lib64", "/usr/lib64",
@@ -26,7 +34,7 @@ LIB = ldcache.FLAG_ELF_LIBC6 | ldcache.FLAG_X8664_LIB64
 LIB32 = ldcache.FLAG_ELF_LIBC6 | ldcache.FLAG_I386
 
 
-def merged_entries(existing: list, pairs) -> list:
+def merged_entries(existing: list[ldcache.CacheEntry], pairs: LdPairs) -> list[ldcache.CacheEntry]:
     """Our (soname, container path, is_32bit) pairs first, then the container's entries."""
     ours = [ldcache.CacheEntry(key=soname, value=path, flags=LIB32 if is32 else LIB)
             for soname, path, is32 in pairs]
@@ -34,15 +42,15 @@ def merged_entries(existing: list, pairs) -> list:
     return ours + [e for e in existing if (e.key, e.value) not in taken]
 
 
-def merged_cache(root: str, pairs) -> bytes:
+def merged_cache(root: str, pairs: LdPairs) -> bytes:
     """A new cache for the rootfs at host path `root` (its current cache kept; without
     one, ours alone still works)."""
     return ldcache.build(merged_entries(container_cache(root), pairs))
 
 
-def write_in_root(kernel, rootfd: int, pairs) -> None:
+def write_in_root(kernel: Kernel, rootfd: int, pairs: LdPairs) -> None:
     """Replace /etc/ld.so.cache inside the root at `rootfd` atomically (hooks)."""
-    existing = []
+    existing: list[ldcache.CacheEntry] = []
     try:
         fd = open_in_root(kernel, rootfd, ldcache.LD_SO_CACHE, os.O_RDONLY)
         with os.fdopen(fd, "rb") as f:      # a read: the cache is parsed, never trusted
@@ -59,7 +67,8 @@ def write_in_root(kernel, rootfd: int, pairs) -> None:
         kernel.close(etc)
 
 
-def update_rootfs(rootfs: str, links, libs, folders=(), kernel=None) -> None:
+def update_rootfs(rootfs: str, links: Iterable[tuple[str, str]], libs: LdPairs,
+                  folders: Iterable[str] = (), kernel: Kernel | None = None) -> None:
     """Make `links` ((target, link) pairs), the ld.so.conf.d entry for `folders` and the
     ld cache entries `libs` ((soname, path, is32) triples) inside `rootfs`."""
     kernel = kernel or REAL

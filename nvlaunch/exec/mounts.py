@@ -3,13 +3,18 @@ a mount or bind that fails as one MountError naming source, target and flags (ru
 mountError), and where a tmpfs goes when its directory does not exist yet."""
 from __future__ import annotations
 
-from collections.abc import Callable
 
 from nvlaunch.core import consts as C
 from nvlaunch.core import errors as E
 
 
-def mount(kernel, source: str | None, target: str, fstype: str | None, flags: int,
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from nvlaunch.kernel.protocol import Kernel
+
+
+def mount(kernel: Kernel, source: str | None, target: str, fstype: str | None, flags: int,
           data: str | None = None, op: str = "mount", shown_target: str | None = None) -> None:
     try:
         kernel.mount(source, target, fstype, flags, data)
@@ -17,7 +22,7 @@ def mount(kernel, source: str | None, target: str, fstype: str | None, flags: in
         raise E.MountError(op, source, shown_target or target, C.flags_str(flags), err) from err
 
 
-def bind(kernel, source: str, target: str, flags: int, shown_source: str | None = None,
+def bind(kernel: Kernel, source: str, target: str, flags: int, shown_source: str | None = None,
          shown_target: str | None = None) -> None:
     try:
         kernel.bind_mount(source, target, flags)
@@ -34,7 +39,8 @@ def tmpfs_place(dst: str, is_dir: Callable[[str], bool]) -> tuple[str, list[str]
     inside it).  Under /proc nothing can be created, so where `dst` does not exist (a
     host without /proc/driver/nvidia, a test tree) the tmpfs goes on the nearest
     existing ancestor and the rest is made inside it; never on /proc itself."""
-    where, missing = dst, []
+    where = dst
+    missing: list[str] = []
     while not is_dir(where):
         where, _, name = where.rpartition("/")
         missing.insert(0, name)

@@ -16,13 +16,64 @@ import stat
 from nvlaunch.core import consts as C
 from nvlaunch.core import errors as E
 from nvlaunch.exec.runroot import RunConfig, build_root, enter_staging
-from nvlaunch.exec.signals import FORWARDED_SIGNALS, Forwarder, exit_code
 from nvlaunch.host.view import is_initial_root
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from nvlaunch.core.timings import Timings
+    from nvlaunch.kernel.protocol import Kernel
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The signals P forwards to PID 1 and PID 1 to the command.
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
 
 
-def container_init(cfg: RunConfig, kernel, forwarder: Forwarder, timings) -> int:
+class Forwarder:
+    """Handlers that forward FORWARDED_SIGNALS to `pid`: P's to PID 1, and PID 1's to the
+    command, installed in PID 1 first thing after clone.
+
+    The kernel drops a signal sent to a pid namespace's init unless init has a handler
+    for it, so a handler that only came after the command started would lose the signals
+    sent in between (the command may already be running and visible).  Until the target
+    is known (start()) they are held, then forwarded in order."""
+
+    def __init__(self, pid: int | None = None):
+        self.pid = pid
+        self.held: list[int] = []
+        self.old = {s: signal.signal(s, self.handle) for s in FORWARDED_SIGNALS}
+
+    def restore(self) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+    def handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.pid is None:
+            self.held.append(signum)
+            return
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def start(self, pid: int) -> None:
+        self.pid = pid
+        held, self.held = self.held, []
+        for signum in held:
+            self.handle(signum, None)
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128+N for signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def container_init(cfg: RunConfig, kernel: Kernel, forwarder: Forwarder,
+                   timings: Timings | None) -> int:
     kernel.prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
     real_root = is_initial_root()
     # Everything I and W import must be imported before pivot_root hides the host.
@@ -47,8 +98,8 @@ def _loopback_up() -> None:
         ipr.link("set", index=idx, state="up")
 
 
-def _init_loop(cfg: RunConfig, kernel, real_root: bool, forwarder: Forwarder,
-               timings) -> int:
+def _init_loop(cfg: RunConfig, kernel: Kernel, real_root: bool, forwarder: Forwarder,
+               timings: Timings | None) -> int:
     """Start the command and stay as PID 1: forward signals, reap orphans.
 
     Without a terminal the command is started with posix_spawn (a vfork: no copy of this
@@ -100,7 +151,7 @@ def _init_loop(cfg: RunConfig, kernel, real_root: bool, forwarder: Forwarder,
     return exit_code(status)
 
 
-def _find_command(name: str, env: dict) -> str:
+def _find_command(name: str, env: dict[str, str]) -> str:
     """`name` looked up in the container's PATH as execvp(3) would: the first executable
     regular file; EACCES if only non-executable ones exist; ENOENT if none."""
     if "/" in name:
@@ -120,7 +171,7 @@ def _find_command(name: str, env: dict) -> str:
     raise E.ExecError(name, OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
 
 
-def _execvpe(name: str, argv: list, env: dict) -> None:
+def _execvpe(name: str, argv: list[str], env: dict[str, str]) -> None:
     """execvpe(3) over the container's PATH.  Written out because os.execvpe imports the
     `warnings` module on its way, and after pivot_root no module can be imported.  Like
     execvp: a missing file moves on, EACCES is remembered, ENOENT if nothing was found."""
@@ -137,7 +188,7 @@ def _execvpe(name: str, argv: list, env: dict) -> None:
     raise denied or FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
 
 
-def _container_env(cfg: RunConfig) -> dict:
+def _container_env(cfg: RunConfig) -> dict[str, str]:
     env = {"PATH": DEFAULT_PATH, "HOME": "/root" if cfg.uid == 0 else "/",
            "HOSTNAME": cfg.hostname or os.uname().nodename}
     term = os.environ.get("TERM")
@@ -148,7 +199,7 @@ def _container_env(cfg: RunConfig) -> dict:
     return env
 
 
-def _become_command(cfg: RunConfig, kernel, real_root: bool) -> None:
+def _become_command(cfg: RunConfig, kernel: Kernel, real_root: bool) -> None:
     """In the forked command (terminal case), before exec: the terminal's foreground,
     default signal handlers, a parent-death signal, then the privilege drops."""
     os.setpgid(0, 0)
@@ -164,7 +215,7 @@ def _become_command(cfg: RunConfig, kernel, real_root: bool) -> None:
     _drop_privileges(cfg, kernel, real_root)
 
 
-def _drop_privileges(cfg: RunConfig, kernel, real_root: bool) -> None:
+def _drop_privileges(cfg: RunConfig, kernel: Kernel, real_root: bool) -> None:
     """As real root (no user namespace): the bounding set trimmed to the container default
     (C.DEFAULT_CAPABILITIES, runc's set) and --uid/--gid with only that group.  Always:
     no_new_privs.  Inherited by everything the container starts."""

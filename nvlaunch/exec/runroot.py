@@ -38,6 +38,12 @@ from nvlaunch.host.inroot import resolve_in_root
 from nvlaunch.plan.records import (BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile,
                                    bind_flags, bind_wanted)
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nvlaunch.core.timings import Timings
+    from nvlaunch.kernel.protocol import Kernel
+    from nvlaunch.plan.records import Entry
+
 # Host device nodes every container gets (bound, since mknod is refused in a user namespace).
 BASE_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
@@ -61,9 +67,9 @@ class UserBind:
 @record
 class RunConfig:
     rootfs: str
-    argv: tuple
-    env: tuple = ()                  # (key, value) pairs the user asked for
-    binds: tuple = ()                # UserBind
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()  # (key, value) pairs the user asked for
+    binds: tuple[UserBind, ...] = ()
     workdir: str = "/"
     hostname: str | None = None
     net: str = "host"
@@ -103,14 +109,14 @@ class Step:
     """One plan entry, classified once: `kind` of what is made at `dst` ("file", "dir",
     "link", "data", "tmpfs"), `late` for /dev and /proc, `source` the host path a bind
     mounts from (as PID 1 sees it), None for what is not a bind."""
-    entry: object
+    entry: Entry
     dst: str
     kind: str
     late: bool
     source: str | None = None
 
 
-def enter_staging(kernel) -> Layout:
+def enter_staging(kernel: Kernel) -> Layout:
     """Private propagation, a staging tmpfs, and a first pivot into it."""
     mount(kernel, None, "/", None, C.MS_REC | C.MS_PRIVATE)
     stage = "/tmp" if os.path.isdir("/tmp") else "/mnt"
@@ -126,7 +132,7 @@ def enter_staging(kernel) -> Layout:
 def plan_steps(plan: Plan, layout: Layout) -> list[Step]:
     """The plan's entries as Steps, in order, binds whose optional source is missing
     left out (the one place the bind policy is applied for `run`)."""
-    steps = []
+    steps: list[Step] = []
     for e in plan.entries:
         if isinstance(e, Symlink):
             steps.append(Step(e, e.link, "link", e.link.startswith(LATE_PREFIXES)))
@@ -150,7 +156,7 @@ def plan_steps(plan: Plan, layout: Layout) -> list[Step]:
 class RootBuilder:
     """build_root()'s state: the kernel, the layout and the rootfs as PID 1 sees it."""
 
-    def __init__(self, kernel, layout: Layout, lower: str):
+    def __init__(self, kernel: Kernel, layout: Layout, lower: str):
         self.kernel, self.layout, self.lower = kernel, layout, lower
 
     # -- the upper layer
@@ -167,6 +173,7 @@ class RootBuilder:
             if not os.path.lexists(path):
                 k.close(k.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
         elif kind == "link":
+            assert target is not None       # a link is made with its target
             if os.path.lexists(path):
                 k.unlink(path)
             k.symlink(target, path)
@@ -211,27 +218,29 @@ class RootBuilder:
     # -- after the overlay: entries under /dev and /proc, in filesystems we mounted
 
     def prepare_late(self, step: Step, target: str) -> None:
-        k = self.kernel
+        k, e = self.kernel, step.entry
         if step.kind == "tmpfs":
+            assert isinstance(e, Tmpfs)
             new = self.layout.new
             where, missing = tmpfs_place(step.dst, lambda p: os.path.isdir(new + p))
             mount(k, "tmpfs", new + where, "tmpfs", TMPFS_FLAGS,
-                  "mode=0755" if missing else step.entry.options, shown_target=where)
+                  "mode=0755" if missing else e.options, shown_target=where)
             for name in missing:
                 where += "/" + name
                 k.mkdir(new + where, 0o555)
             return
         self.makedirs(os.path.dirname(target))
         if step.kind == "data":
-            fd = k.open(target, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_CLOEXEC,
-                        step.entry.mode)
+            assert isinstance(e, WriteFile)
+            fd = k.open(target, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_CLOEXEC, e.mode)
             try:
-                k.write_all(fd, step.entry.data)
+                k.write_all(fd, e.data)
             finally:
                 k.close(fd)
-            k.chmod(target, step.entry.mode)
+            k.chmod(target, e.mode)
         elif step.kind == "link":
-            k.symlink(step.entry.target, target)
+            assert isinstance(e, Symlink)
+            k.symlink(e.target, target)
         elif step.kind == "dir":
             self.makedirs(target)
         else:
@@ -244,7 +253,8 @@ class RootBuilder:
         self.kernel.mkdir(path, 0o755)
 
 
-def build_root(cfg: RunConfig, kernel, layout: Layout, rootless: bool, timings=None) -> None:
+def build_root(cfg: RunConfig, kernel: Kernel, layout: Layout, rootless: bool,
+               timings: Timings | None = None) -> None:
     """Steps 1-6 of the module docstring; the caller has entered the staging tree."""
     mark = timings.mark if timings else (lambda phase: None)
     mark("staging")
@@ -308,7 +318,9 @@ def build_root(cfg: RunConfig, kernel, layout: Layout, rootless: bool, timings=N
         if s.late:
             b.prepare_late(s, target)
         if s.source is not None:
-            bind(kernel, s.source, target, bind_flags(s.entry), s.entry.src, s.dst)
+            e = s.entry
+            assert isinstance(e, (BindFile, BindDir, BindDevice))   # what has a source
+            bind(kernel, s.source, target, bind_flags(e), e.src, s.dst)
     for ub in cfg.binds:
         target = new + resolve_in_root(new, ub.dst)
         bind(kernel, layout.host_path(ub.src), target,
@@ -327,7 +339,7 @@ def build_root(cfg: RunConfig, kernel, layout: Layout, rootless: bool, timings=N
     mark("pivot")
 
 
-def _mount_overlay(kernel, layout: Layout, lower: str, readonly: bool, rootless: bool) -> None:
+def _mount_overlay(kernel: Kernel, layout: Layout, lower: str, readonly: bool, rootless: bool) -> None:
     esc = _overlay_escape
     if readonly:
         opts = f"lowerdir={esc(layout.upper)}:{esc(lower)}"
@@ -346,7 +358,7 @@ def _mount_overlay(kernel, layout: Layout, lower: str, readonly: bool, rootless:
             raise
 
 
-def _mount_dev(kernel, layout: Layout) -> None:
+def _mount_dev(kernel: Kernel, layout: Layout) -> None:
     dev = layout.new + "/dev"
     mount(kernel, "tmpfs", dev, "tmpfs", C.MS_NOSUID | C.MS_NOEXEC, "mode=0755,size=65536k")
     for name in BASE_DEVICES:
@@ -363,7 +375,7 @@ def _mount_dev(kernel, layout: Layout) -> None:
         kernel.symlink(target, dev + "/" + link)
 
 
-def _readonly_tree(kernel, path: str) -> None:
+def _readonly_tree(kernel: Kernel, path: str) -> None:
     """Make every mount under `path` read-only too (the host's cgroup mounts under /sys
     would otherwise stay writable for a root container)."""
     try:

@@ -8,13 +8,11 @@ import time
 
 from nvlaunch.core.argv import int_opt, parse_opts
 from nvlaunch.core.errors import EXIT_SETUP, NvlaunchError, UsageError
-from nvlaunch.core.timings import Timings
 from nvlaunch.exec.launch import RunConfig, UserBind, run
-from nvlaunch.host.view import HostView
-from nvlaunch.plan import cache as plancache
 from nvlaunch.plan.records import Plan
-from nvlaunch.plan.request import Request
-from nvlaunch.render.plan_text import print_plan
+
+# Imported where used (timings, --dry-run, a GPU request): each module on the way to a
+# container costs about 0.1-0.3 ms, and `run --no-gpu` needs none of these.
 
 RUN_USAGE = """usage: nvlaunch run [OPTIONS] ROOTFS CMD [ARG...]
   --gpus SPEC            all, none, void, indices, UUIDs (or unique prefixes), PCI bus ids, MIG ids
@@ -80,9 +78,11 @@ def cmd_run(gopts: dict, args: list) -> int:
     uid, gid = int_opt(opts, "uid", "--uid"), int_opt(opts, "gid", "--gid")
     timings = None
     if opts.get("timings") or os.environ.get("NVLAUNCH_TIMINGS") == "1":
+        from nvlaunch.core.timings import Timings
         timings = Timings(gopts.get("t_main") or time.monotonic_ns())
     plan, cache_key = _run_plan(gopts, opts, dict(env), rootfs)
     if opts.get("dry_run"):
+        from nvlaunch.render.plan_text import print_plan
         print_plan(plan, sys.stdout)
         return 0
     cfg = RunConfig(rootfs=rootfs, argv=argv, env=tuple(env), binds=tuple(binds), workdir=workdir,
@@ -92,6 +92,7 @@ def cmd_run(gopts: dict, args: list) -> int:
         return run(cfg, timings=timings)
     except NvlaunchError as err:
         if cache_key and err.exit_code == EXIT_SETUP:   # never trust a plan that failed
+            from nvlaunch.plan import cache as plancache
             plancache.drop(cache_key)
         raise
 
@@ -105,6 +106,9 @@ def _run_plan(gopts: dict, opts: dict, env: dict, rootfs: str):
     spec = opts.get("gpus", env.get("NVIDIA_VISIBLE_DEVICES"))
     if spec is None or spec.strip() in ("", "void"):
         return Plan(), None
+    from nvlaunch.host.view import HostView
+    from nvlaunch.plan import cache as plancache
+    from nvlaunch.plan.request import Request
     caps = opts.get("capabilities", env.get("NVIDIA_DRIVER_CAPABILITIES"))
     req = Request(gpus=spec, capabilities=caps,
                   env=tuple(sorted((k, v) for k, v in env.items() if k.startswith("NVIDIA_"))))

@@ -13,11 +13,14 @@ libnvidia-container's find_device_cgroup_path()).  Reads only: exec.cgroup chang
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 
 from nvlaunch.core.errors import CgroupError
 from nvlaunch.core.records import record
 from nvlaunch.host.view import HostView, is_initial_root
+
+TYPE_CHECKING = False   # `collections.abc` costs 2 ms; annotations only
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @record

@@ -10,12 +10,13 @@ import os
 import stat
 
 from nvlaunch.core.errors import ContainerPathError
-from nvlaunch.host import ldcache
 from nvlaunch.host.inroot import resolve_in_root
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+    from nvlaunch.host import ldcache
 
 
 # Where a container keeps its libraries: Debian/Ubuntu multiarch, else the lib64 layout
@@ -67,6 +68,7 @@ def _real_file(root: str, path: str) -> bool:
 def container_cache(root: str) -> list[ldcache.CacheEntry]:
     """The entries of the ld.so.cache of the rootfs at host path `root` (resolved inside
     it); [] for none, or one that cannot be read or parsed."""
+    from nvlaunch.host import ldcache   # only for a plan with if-absent libraries
     try:
         path = root.rstrip("/") + resolve_in_root(root, ldcache.LD_SO_CACHE)
         with open(path, "rb") as f:

@@ -240,7 +240,7 @@ def _libs_from_scan(host: HostView, res: Resolver, version: str,
     # table order, native before 32-bit, like the cache path
     out = []
     for kind in ("lib", "lib32"):
-        for cap, prefix, _ in wanted:
+        for _cap, prefix, _ in wanted:
             f = found.get((kind, prefix))
             if f is not None:
                 out.append(f)

@@ -93,7 +93,8 @@ class HostView:
         return hash(self.roots)
 
     def __repr__(self) -> str:
-        return "HostView(driver_root=%r, dev_root=%r, proc_root=%r)" % self.roots
+        return (f"HostView(driver_root={self.driver_root!r}, dev_root={self.dev_root!r}, "
+                f"proc_root={self.proc_root!r})")
 
 
 MAX_DATA = 1 << 20      # a /proc/driver/nvidia file is a few hundred bytes

@@ -16,6 +16,11 @@ import pwd
 
 from nvlaunch.core.errors import NamespaceError
 
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nvlaunch.kernel.protocol import Kernel
+
 NEWUIDMAP = "/usr/bin/newuidmap"
 NEWGIDMAP = "/usr/bin/newgidmap"
 MAX_ID = 4294967295
@@ -54,11 +59,11 @@ def id_map(inside: int, outside: int, sub: tuple[int, int] | None) -> list[tuple
     return lines
 
 
-def _fmt(lines) -> str:
+def _fmt(lines: list[tuple[int, int, int]]) -> str:
     return "".join(f"{a} {b} {c}\n" for a, b, c in lines)
 
 
-def write_maps(kernel, pid: int, uid: int, gid: int) -> None:
+def write_maps(kernel: Kernel, pid: int, uid: int, gid: int) -> None:
     """Map the calling user into the user namespace of `pid`."""
     euid, egid = os.geteuid(), os.getegid()
     subu = subordinate_range("/etc/subuid", euid) if os.path.exists(NEWUIDMAP) else None

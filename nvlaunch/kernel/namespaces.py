@@ -9,6 +9,11 @@ from nvlaunch.core import errors as E
 from nvlaunch.core.consts import CLONE_NEWNS, CLONE_NEWUSER
 from nvlaunch.kernel.real import REAL
 
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nvlaunch.kernel.protocol import Kernel
+
 # Where namespaces of processes are read: always the real /proc (the proc root of the
 # contract is where the *driver's* /proc files are read, a fake host in tests).
 PROC = "/proc"
@@ -28,7 +33,7 @@ class Namespaces:
                 os.close(fd)
         self.user_fd = self.mnt_fd = None
 
-    def enter(self, kernel=REAL) -> None:
+    def enter(self, kernel: Kernel = REAL) -> None:
         """Join them (in a single-threaded child that the caller forked)."""
         if self.user_fd is not None:
             kernel.setns(self.user_fd, CLONE_NEWUSER, f"{PROC}/{self.pid}/ns/user")
@@ -40,7 +45,7 @@ class Namespaces:
 
 def open_namespaces(pid: int) -> Namespaces:
     paths = {n: f"{PROC}/{pid}/ns/{n}" for n in ("user", "mnt")}
-    fds: dict = {}
+    fds: dict[str, int] = {}
     try:
         for name, path in paths.items():
             try:

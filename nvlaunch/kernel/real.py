@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nvlaunch.kernel.protocol import Kernel
+
 try:
     from nvlaunch import _ns
 except ImportError as _err:
@@ -65,4 +69,4 @@ class RealKernel:
     setuid = staticmethod(os.setuid)
 
 
-REAL = RealKernel()
+REAL: Kernel = RealKernel()     # (mypy checks here that RealKernel is a Kernel)

@@ -116,7 +116,9 @@ def is_nvlaunch_hook(entry) -> bool:
     """An entry hook_entry() made: `nvlaunch hook ...`, or PYTHON -S .../nvlaunch hook ..."""
     if not isinstance(entry, dict):
         return False
-    args = entry.get("args") if isinstance(entry.get("args"), list) else []
+    args = entry.get("args")
+    if not isinstance(args, list):
+        args = []
     for i in (1, 3):
         if args[i:i + 1] == ["hook"] and os.path.basename(str(args[i - 1])) == "nvlaunch":
             return True

@@ -167,7 +167,7 @@ class DeviceFilter:
     """Builder in the shape of crun's create_dev_bpf() and runc's devicefilter:
     construct (prologue), append_rule() per rule, then finish() or prepend_to()."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._insns: list[bytes] = list(PROLOGUE)
         self._closed = False    # an unconditional rule was added: the rest is dead code
 
@@ -289,7 +289,7 @@ def disasm(prog: bytes) -> str:
 
 class _Ctx:
     """The value of r1 at entry: a pointer to bpf_cgroup_dev_ctx, not a number."""
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "ctx"
 
 
@@ -313,7 +313,7 @@ def run(prog: bytes, dev_type: int, access: int, major: int, minor: int,
     """
     ctx = struct.pack("<III", (access << 16) | dev_type, major, minor)
     insns = decode(prog)
-    regs: list = [None] * 11
+    regs: list[int | _Ctx | None] = [None] * 11
     regs[R1] = _CTX
     pc = 0
 
@@ -321,7 +321,7 @@ def run(prog: bytes, dev_type: int, access: int, major: int, minor: int,
         val = regs[reg]
         if val is None:
             raise BpfRunError(f"pc {pc}: r{reg} read before it was set")
-        if val is _CTX:
+        if isinstance(val, _Ctx):      # (_CTX, the one instance)
             raise BpfRunError(f"pc {pc}: arithmetic on the ctx pointer in r{reg}")
         return val
 

@@ -17,10 +17,18 @@ from nvlaunch.host.gpus import Gpu, enumerate_gpus
 from nvlaunch.host.syslibs import system_libs
 from nvlaunch.host.view import HostView, read_text
 from nvlaunch.plan.capabilities import devices_for, files_for, parse_capabilities
-from nvlaunch.plan.records import (IF_ABSENT, OPTIONAL, REQUIRED, BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs,
-                           WriteFile)
+from nvlaunch.plan.records import (IF_ABSENT, OPTIONAL, REQUIRED, BindDevice, BindDir, BindFile, Plan,
+                                   Symlink, Tmpfs, WriteFile)
 from nvlaunch.plan.request import Request
 from nvlaunch.plan.selection import select_gpus
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Collection, Iterable
+
+    from nvlaunch.host.driver_files import DriverFile
+    from nvlaunch.plan.records import Entry
+    from nvlaunch.plan.selection import Selection
 
 PROC_NVIDIA = "/proc/driver/nvidia"
 # Files copied into the container's /proc/driver/nvidia; params gets ModifyDeviceFiles: 0
@@ -42,14 +50,16 @@ def build_plan(req: Request, host: HostView, libdir: str | None = MULTIARCH_LIBD
     all_gpus = enumerate_gpus(host) if gpus is None else gpus
     selection = select_gpus(req.gpus, all_gpus, host)
 
-    entries: list = []
-    devices: list = []
+    entries: list[Entry] = []
+    devices: list[BindDevice] = []
     for path, required in devices_for(caps):
         node = _device(host, path, required)
         if node:
             entries.append(node)
     for gpu in selection.gpus:
-        entries.append(_device(host, f"/dev/nvidia{gpu.minor}", True))
+        node = _device(host, f"/dev/nvidia{gpu.minor}", True)
+        assert node is not None     # required: a missing node raised
+        entries.append(node)
         if caps & {"graphics", "display"}:
             entries.extend(_drm_nodes(host, gpu.bus_id))
     for mig in selection.migs:
@@ -58,12 +68,14 @@ def build_plan(req: Request, host: HostView, libdir: str | None = MULTIARCH_LIBD
             if node:
                 entries.append(node)
     for channel in _imex_channels(req):
-        entries.append(_device(host, f"/dev/nvidia-caps-imex-channels/channel{channel}", True))
+        node = _device(host, f"/dev/nvidia-caps-imex-channels/channel{channel}", True)
+        assert node is not None
+        entries.append(node)
     devices = [e for e in entries if isinstance(e, BindDevice)]
 
     files = files_for(driver, caps)
     _check_essentials(files, caps, driver)
-    ldcache: list = []
+    ldcache: list[tuple[str, str, bool]] = []
     used_libdir = libdir
     for f in files:
         if f.kind in ("lib", "lib32"):
@@ -82,9 +94,11 @@ def build_plan(req: Request, host: HostView, libdir: str | None = MULTIARCH_LIBD
             if f.kind == "lib" and libdir is None:
                 used_libdir = target_dir
         elif f.kind == "ipc":
+            assert f.container_path is not None     # discovery gives one to all but libraries
             entries.append(BindDir(f.host_path, f.container_path, readonly=False, recursive=False,
                                    policy=OPTIONAL))
         else:
+            assert f.container_path is not None
             entries.append(BindFile(f.host_path, f.container_path))
 
     if libdir is not None:
@@ -108,7 +122,7 @@ def build_plan(req: Request, host: HostView, libdir: str | None = MULTIARCH_LIBD
 ESSENTIAL_LIBS = {"compute": "libcuda.so.1", "utility": "libnvidia-ml.so.1"}
 
 
-def _check_essentials(files, caps, driver) -> None:
+def _check_essentials(files: Iterable[DriverFile], caps: Collection[str], driver: Driver) -> None:
     have = {f.soname for f in files if f.kind == "lib"}
     for cap, soname in ESSENTIAL_LIBS.items():
         if cap in caps and soname not in have:
@@ -137,7 +151,7 @@ def _device(host: HostView, path: str, required: bool) -> BindDevice | None:
     return BindDevice(src, path, os.major(st.st_rdev), os.minor(st.st_rdev))
 
 
-def _drm_nodes(host: HostView, bus_id: str) -> list:
+def _drm_nodes(host: HostView, bus_id: str) -> list[BindDevice]:
     """/dev/dri/card* and renderD* of one GPU, matched by PCI bus id through by-path."""
     out = []
     for kind in ("card", "render"):
@@ -152,7 +166,7 @@ def _drm_nodes(host: HostView, bus_id: str) -> list:
     return out
 
 
-def _imex_channels(req: Request) -> list:
+def _imex_channels(req: Request) -> list[int]:
     raw = req.getenv("NVIDIA_IMEX_CHANNELS")
     if not raw or raw.strip() in ("", "void", "none", "all"):
         return []   # "all" is ignored, as NVIDIA's legacy mode does
@@ -165,10 +179,10 @@ def _imex_channels(req: Request) -> list:
     return out
 
 
-def _proc_view(host: HostView, selection) -> list:
+def _proc_view(host: HostView, selection: Selection) -> list[Entry]:
     """A tmpfs over /proc/driver/nvidia holding copies of version/params/registry and the
     selected GPUs' directories only."""
-    out: list = [Tmpfs(PROC_NVIDIA)]
+    out: list[Entry] = [Tmpfs(PROC_NVIDIA)]
     for name in PROC_COPIES:
         text = read_text(host.proc(f"{PROC_NVIDIA}/{name}"))
         if text is None:

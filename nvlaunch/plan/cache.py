@@ -29,14 +29,18 @@ import os
 import stat
 
 from nvlaunch.core.records import rebuild, values
-from nvlaunch.host import cuda
 from nvlaunch.host.container import container_libdir, libraries_present
-from nvlaunch.host.driver import discover
 from nvlaunch.host.view import HostView, fingerprint
 from nvlaunch.plan import records as P
-from nvlaunch.plan import require
-from nvlaunch.plan.build import build_plan
 from nvlaunch.plan.request import Request
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from nvlaunch.host.view import Probe
+
+    Key = tuple[Any, ...]     # see key(): what marshal stores and compares
 
 FORMAT = 2
 MAX_PLANS = 64
@@ -72,10 +76,10 @@ def cache_dir(create: bool = True) -> str | None:
     return path
 
 
-def _code_key() -> tuple:
+def _code_key() -> tuple[tuple[str | int | None, ...], ...]:
     """(name, size, mtime) of every module of the packages that build plans."""
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = []
+    out: list[tuple[str | int | None, ...]] = []
     for sub in _CODE_DIRS:
         try:
             with os.scandir(os.path.join(pkg, sub)) as it:
@@ -88,17 +92,17 @@ def _code_key() -> tuple:
     return tuple(sorted(out, key=repr))
 
 
-def key(host: HostView, request: Request, libdir: str | None) -> tuple:
+def key(host: HostView, request: Request, libdir: str | None) -> Key:
     return (FORMAT, host.roots, values(request), libdir, _code_key())
 
 
-def _file(directory: str, k: tuple) -> str:
+def _file(directory: str, k: Key) -> str:
     import zlib
     name = zlib.crc32(repr(k[:4]).encode())   # one file per request; the key is checked inside
     return os.path.join(directory, f"plan-{name:08x}")
 
 
-def load(k: tuple) -> P.Plan | None:
+def load(k: Key) -> P.Plan | None:
     """The cached plan for key `k` whose recorded reads still see the same host, or None."""
     if os.environ.get(ENV_NO_CACHE) == "1":
         return None
@@ -124,7 +128,7 @@ def load(k: tuple) -> P.Plan | None:
         return None
 
 
-def store(k: tuple, reads: dict[str, str], seen: tuple, plan: P.Plan) -> None:
+def store(k: Key, reads: dict[str, str], seen: tuple[tuple[str, Probe], ...], plan: P.Plan) -> None:
     if os.environ.get(ENV_NO_CACHE) == "1":
         return
     directory = cache_dir()
@@ -164,7 +168,7 @@ def _prune(directory: str) -> None:
             pass
 
 
-def drop(k: tuple) -> None:
+def drop(k: Key) -> None:
     directory = cache_dir(create=False)
     if directory:
         try:
@@ -175,6 +179,12 @@ def drop(k: tuple) -> None:
 
 def checked_plan(request: Request, host: HostView, libdir: str | None) -> P.Plan:
     """A new plan for `request`, its NVIDIA_REQUIRE_* conditions checked first."""
+    # Imported here, on a miss only: discovery, the builder and the requirement grammar
+    # (which needs `re` and `typing`) cost more than a whole launch that hits.
+    from nvlaunch.host import cuda
+    from nvlaunch.host.driver import discover
+    from nvlaunch.plan import require
+    from nvlaunch.plan.build import build_plan
     if request.void:
         return P.Plan()
     driver = discover(host)
@@ -184,7 +194,7 @@ def checked_plan(request: Request, host: HostView, libdir: str | None) -> P.Plan
     return build_plan(request, host, libdir, driver=driver)
 
 
-def cached_plan(request: Request, host: HostView, libdir: str | None) -> tuple[P.Plan, tuple]:
+def cached_plan(request: Request, host: HostView, libdir: str | None) -> tuple[P.Plan, Key]:
     """(plan, key): the plan for this request, from the cache while what it was built
     from is unchanged, else built and stored.  `key` lets a caller drop() a plan that
     failed."""
@@ -198,7 +208,7 @@ def cached_plan(request: Request, host: HostView, libdir: str | None) -> tuple[P
     return plan, k
 
 
-def plan_for_rootfs(request: Request, host: HostView, rootfs: str) -> tuple[P.Plan, tuple]:
+def plan_for_rootfs(request: Request, host: HostView, rootfs: str) -> tuple[P.Plan, Key]:
     """(plan, key) for a container whose rootfs is at host path `rootfs`: its library
     directory picks the cached plan, then the system libraries the driver needs are
     settled against what the rootfs has (plan.records.settle_absent)."""
@@ -206,16 +216,16 @@ def plan_for_rootfs(request: Request, host: HostView, rootfs: str) -> tuple[P.Pl
     return P.settle_absent(plan, lambda names: libraries_present(rootfs, names)), k
 
 
-def _encode(plan: P.Plan) -> tuple:
-    def rec(e) -> tuple:
+def _encode(plan: P.Plan) -> tuple[Any, ...]:
+    def rec(e: P.Entry) -> tuple[str, tuple[Any, ...]]:
         return (type(e).__name__, values(e))
     return (tuple(map(rec, plan.entries)), tuple(map(rec, plan.devices)), plan.env, plan.libdir,
             plan.ldcache, plan.notes)
 
 
-def _decode(data: tuple) -> P.Plan:
+def _decode(data: tuple[Any, ...]) -> P.Plan:
     entries, devices, env, libdir, ldcache, notes = data
 
-    def make(item: tuple):
+    def make(item: tuple[str, tuple[Any, ...]]) -> Any:     # stored data: checked by use
         return rebuild(_RECORDS[item[0]], item[1])
     return P.Plan(tuple(map(make, entries)), tuple(map(make, devices)), env, libdir, ldcache, notes)

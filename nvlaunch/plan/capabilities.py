@@ -8,7 +8,12 @@ table of device nodes (besides the GPUs' own) a container gets, used by the plan
 from __future__ import annotations
 
 from nvlaunch.core.errors import UsageError
-from nvlaunch.host.driver_files import ALL_CAPABILITIES, ANY, CAPABILITIES, DEFAULT_CAPABILITIES, Driver, DriverFile
+from nvlaunch.host.driver_files import (ALL_CAPABILITIES, ANY, CAPABILITIES, DEFAULT_CAPABILITIES, Driver,
+                                        DriverFile)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 
 # The device nodes a container gets besides its GPUs' own: (path, capabilities that bring
@@ -37,7 +42,7 @@ def parse_capabilities(text: str | None) -> frozenset[str]:
     names = [n for n in names if n]
     if not names:
         return DEFAULT_CAPABILITIES
-    out = set()
+    out: set[str] = set()
     for name in names:
         if name == "all":
             out |= ALL_CAPABILITIES
@@ -49,14 +54,15 @@ def parse_capabilities(text: str | None) -> frozenset[str]:
     return frozenset(out)
 
 
-def _expand(capabilities) -> tuple[set, set]:
+def _expand(capabilities: Collection[str]) -> tuple[set[str], set[str]]:
     """(capabilities whose every file is wanted, capabilities whose libraries are wanted)."""
     caps = set(ALL_CAPABILITIES if "all" in capabilities else capabilities)
     unknown = caps - ALL_CAPABILITIES
     if unknown:
         raise UsageError(f"unknown driver capability {sorted(unknown)[0]!r}",
                          hint="want " + ", ".join(CAPABILITIES) + ", or all")
-    full, todo = set(), list(caps)
+    full: set[str] = set()
+    todo = list(caps)
     while todo:
         cap = todo.pop()
         if cap not in full:
@@ -68,7 +74,7 @@ def _expand(capabilities) -> tuple[set, set]:
     return full, libs
 
 
-def files_for(driver: Driver, capabilities) -> tuple[DriverFile, ...]:
+def files_for(driver: Driver, capabilities: Collection[str]) -> tuple[DriverFile, ...]:
     """The files a container with these capabilities gets, in discovery order.
 
     video brings the compute libraries (not the MPS binaries), display all of graphics,
@@ -92,7 +98,7 @@ def files_for(driver: Driver, capabilities) -> tuple[DriverFile, ...]:
     return tuple(out)
 
 
-def devices_for(capabilities) -> tuple[tuple[str, bool], ...]:
+def devices_for(capabilities: Collection[str]) -> tuple[tuple[str, bool], ...]:
     """(device path, required) of every node of DEVICES these capabilities bring, in
     table order; GPU nodes come from the selection (plan.selection)."""
     full, _ = _expand(capabilities)

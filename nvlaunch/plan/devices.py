@@ -11,7 +11,6 @@ Pure: stdlib and consts only, so the rules can be built and tested without a ker
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
 
 from nvlaunch.core.records import record
 
@@ -19,6 +18,19 @@ from nvlaunch.core.consts import (
     BPF_DEVCG_ACC_MKNOD, BPF_DEVCG_ACC_READ, BPF_DEVCG_ACC_WRITE,
     BPF_DEVCG_DEV_BLOCK, BPF_DEVCG_DEV_CHAR,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from collections.abc import Container
+    from typing import Protocol
+
+    class HasDevice(Protocol):
+        """A device node: a BindDevice, or anything else with its numbers."""
+        @property
+        def major(self) -> int: ...
+        @property
+        def minor(self) -> int: ...
 
 # The v1 type letter -> the bpf_cgroup_dev_ctx type value (include/uapi/linux/bpf.h).
 # 'a' (all types) has no value: a rule of type 'a' skips the type compare.
@@ -38,7 +50,7 @@ def access_mask(access: str) -> int:
     return mask
 
 
-def normalize_access(access: str) -> str:
+def normalize_access(access: Container[str]) -> str:
     """Letters in the kernel's order, each once: "wr" -> "rw"."""
     return "".join(ch for ch in ALL_ACCESS if ch in access)
 
@@ -52,7 +64,7 @@ class DeviceRule:
     access: str
     allow: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.type not in ("c", "b", "a"):
             raise ValueError(f"device rule type {self.type!r}: want 'c', 'b' or 'a'")
         if not self.access or set(self.access) - set(ALL_ACCESS):
@@ -72,13 +84,13 @@ class DeviceRule:
         return f"{self.type} {major}:{minor} {normalize_access(self.access)}"
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> tuple[str, int | None, int | None]:
         """(type, major, minor): what the v1 kernel merges exceptions by
         (dev_exception_add() in security/device_cgroup.c)."""
         return (self.type, self.major, self.minor)
 
 
-def rules_for_nodes(nodes: Iterable) -> tuple[DeviceRule, ...]:
+def rules_for_nodes(nodes: Iterable[HasDevice]) -> tuple[DeviceRule, ...]:
     """Allow "rw" on each char device node (objects with `.major` and `.minor`), once each,
     in the order given."""
     seen: set[tuple[int, int]] = set()

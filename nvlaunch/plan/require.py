@@ -24,10 +24,13 @@ Semantics of libnvidia-container (src/cli/dsl.c, src/cli/configure.c) and the to
 from __future__ import annotations
 
 import re
-from nvlaunch.core.records import record
-from typing import Callable, Iterable, Mapping
 
 from nvlaunch.core.errors import RequirementError
+from nvlaunch.core.records import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
 
 PREFIX = "NVIDIA_REQUIRE_"
 SKIPPED_PREFIX = "NVIDIA_REQUIRE_JETPACK"
@@ -80,7 +83,7 @@ def _parse_version(text: str) -> tuple[int, ...] | None:
     return tuple(nums)
 
 
-def _compare(a: tuple, b: tuple) -> int:
+def _compare(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return (a > b) - (a < b)
 
 
@@ -142,7 +145,7 @@ class _Facts:
     """The host values a condition compares against; cuda is fetched at most once, and
     only when a condition needs it."""
 
-    def __init__(self, driver_version: str, cuda_version_fn):
+    def __init__(self, driver_version: str, cuda_version_fn: Callable[[], int | None] | None):
         self.driver = driver_version
         self._cuda_fn = cuda_version_fn
         self._cuda: str | None = None
@@ -174,9 +177,10 @@ def _evaluate(cond: Condition, facts: _Facts, gpu: Mapping[str, str] | None) -> 
     else:
         have = facts.driver
     mine = _parse_version(have)
-    if mine is None:
+    want = _parse_version(cond.value)       # a version: parse_condition checked it
+    if mine is None or want is None:
         return False
-    return _holds(_compare(mine, _parse_version(cond.value)), cond.op)
+    return _holds(_compare(mine, want), cond.op)
 
 
 def _message(cond: Condition, var: str, facts: _Facts) -> RequirementError:
@@ -211,12 +215,12 @@ def check(env: Mapping[str, str], driver_version: str,
     if not reqs:
         return
     facts = _Facts(driver_version, cuda_version_fn)
-    devices = list(gpus) or [None]
+    devices: list[Mapping[str, str] | None] = list(gpus) or [None]
     for var, terms in reqs:
         if not terms:
             continue
         for gpu in devices:
-            first_failure = None
+            first_failure: Condition | None = None
             for conds in terms:
                 failed = next((c for c in conds if not _evaluate(c, facts, gpu)), None)
                 if failed is None:
@@ -224,4 +228,5 @@ def check(env: Mapping[str, str], driver_version: str,
                 if first_failure is None:
                     first_failure = failed
             else:
+                assert first_failure is not None    # every term failed: the first one is set
                 raise _message(first_failure, var, facts)

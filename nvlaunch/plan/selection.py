@@ -18,6 +18,10 @@ from nvlaunch.host.gpus import (CAPS_DIR, Gpu, MigDevice, enumerate_migs, format
                                 nvml_mig_uuids, parse_bus_id)
 from nvlaunch.host.view import HostView
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
 
 MODE_VOID = "void"        # nothing injected: not a GPU container
 
@@ -69,25 +73,26 @@ _SYNTAX = ("want all, none, void, or a comma list of GPU indices, GPU UUIDs or u
 class _MigContext:
     """MIG lookups for one select_gpus call: procfs first, NVML once if needed."""
 
-    def __init__(self, host: HostView | None, gpus):
+    def __init__(self, host: HostView | None, gpus: Sequence[Gpu]):
         self.host, self.gpus = host, gpus
-        self._minors = None
+        self._minors: dict[str, int] | None = None
         self._migs: dict[int, tuple[MigDevice, ...]] = {}
-        self._nvml = None
+        self._nvml: dict[tuple[str, int, int], str] | None = None
         self.nvml_error: Exception | None = None
 
-    def need_host(self, item: str):
+    def need_host(self, item: str) -> None:
         if self.host is None:
             raise SelectionError(f"MIG device {item!r}: the host's /proc is needed to find it")
 
     def migs(self, gpu: Gpu) -> tuple[MigDevice, ...]:
         if gpu.index not in self._migs:
+            assert self.host is not None        # callers checked need_host() first
             if self._minors is None:
                 self._minors = mig_minors(self.host)
             self._migs[gpu.index] = enumerate_migs(self.host, gpu, self._minors)
         return self._migs[gpu.index]
 
-    def nvml(self) -> dict | None:
+    def nvml(self) -> dict[tuple[str, int, int], str] | None:
         """MIG UUIDs from NVML, or None (the error kept) where NVML cannot be used."""
         if self._nvml is None and self.nvml_error is None:
             try:
@@ -102,7 +107,7 @@ class _MigContext:
         return mig if uuid is None else MigDevice(mig.gpu, mig.gi, mig.ci, uuid, mig.cap_minors)
 
 
-def _all(gpus, host) -> Selection:
+def _all(gpus: Sequence[Gpu], host: HostView | None) -> Selection:
     """Every GPU, and (as libnvidia-container's select_all_devices) every MIG device."""
     migs: list[MigDevice] = []
     if host is not None:
@@ -115,7 +120,7 @@ def _all(gpus, host) -> Selection:
     return Selection(tuple(gpus), tuple(migs), MODE_DEVICES)
 
 
-def _by_uuid(item: str, gpus) -> Gpu:
+def _by_uuid(item: str, gpus: Sequence[Gpu]) -> Gpu:
     """A full GPU UUID (case-insensitive) or a unique prefix of one."""
     low = item.lower()
     for g in gpus:
@@ -132,7 +137,7 @@ def _by_uuid(item: str, gpus) -> Gpu:
                          hint="see `nvidia-smi -L` or `nvlaunch info`")
 
 
-def _by_mig_uuid(item: str, gpus, ctx: _MigContext) -> MigDevice:
+def _by_mig_uuid(item: str, gpus: Sequence[Gpu], ctx: _MigContext) -> MigDevice:
     ctx.need_host(item)
     import re   # MIG forms only: keep `re` off the plain path
     m = re.match(_MIG_OLD, item, re.I)
@@ -162,7 +167,8 @@ def _by_mig_uuid(item: str, gpus, ctx: _MigContext) -> MigDevice:
                          hint="see `nvidia-smi -L`")
 
 
-def _by_mig_index(item: str, gpu_index: int, mig_index: int, gpus, ctx) -> MigDevice:
+def _by_mig_index(item: str, gpu_index: int, mig_index: int, gpus: Sequence[Gpu],
+                  ctx: _MigContext) -> MigDevice:
     ctx.need_host(item)
     if gpu_index >= len(gpus):
         raise SelectionError(f"unknown MIG device {item!r}: no GPU with index {gpu_index} "
@@ -175,13 +181,13 @@ def _by_mig_index(item: str, gpu_index: int, mig_index: int, gpus, ctx) -> MigDe
     return ctx.with_uuid(migs[mig_index])
 
 
-def _count(gpus) -> str:
+def _count(gpus: Sequence[Gpu]) -> str:
     n = len(gpus)
     return "this host has no GPUs" if n == 0 else \
         f"this host has {n} GPU{'s' if n > 1 else ''}: 0" + (f"-{n - 1}" if n > 1 else "")
 
 
-def select_gpus(spec: str | None, gpus, host: HostView | None = None) -> Selection:
+def select_gpus(spec: str | None, gpus: Iterable[Gpu], host: HostView | None = None) -> Selection:
     """Parse a --gpus / NVIDIA_VISIBLE_DEVICES value against `gpus` (enumerate_gpus order).
 
     SelectionError names the offending item: an unknown index, UUID or bus id, an
@@ -209,7 +215,8 @@ def select_gpus(spec: str | None, gpus, host: HostView | None = None) -> Selecti
     chosen: list[Gpu] = []
     migs: list[MigDevice] = []
     for item in items:
-        gpu = mig = None
+        gpu: Gpu | None = None
+        mig: MigDevice | None = None
         bus = parse_bus_id(item)
         if item[:4].upper() == "GPU-":
             gpu = _by_uuid(item, gpus)
@@ -226,8 +233,8 @@ def select_gpus(spec: str | None, gpus, host: HostView | None = None) -> Selecti
             gpu = gpus[n]
         elif item[:4].upper() == "MIG-":
             mig = _by_mig_uuid(item, gpus, ctx)
-        elif _mig_index(item):
-            g, m = _mig_index(item)
+        elif (index := _mig_index(item)) is not None:
+            g, m = index
             mig = _by_mig_index(item, int(g), int(m), gpus, ctx)
         else:
             raise SelectionError(f"unknown device {item!r}", hint=_SYNTAX)
@@ -235,6 +242,7 @@ def select_gpus(spec: str | None, gpus, host: HostView | None = None) -> Selecti
             if not any((x.gpu.uuid, x.gi, x.ci) == (mig.gpu.uuid, mig.gi, mig.ci) for x in migs):
                 migs.append(mig)
             gpu = mig.gpu
+        assert gpu is not None      # every branch above found one or raised
         if gpu not in chosen:
             chosen.append(gpu)
     return Selection(tuple(chosen), tuple(migs), MODE_DEVICES)

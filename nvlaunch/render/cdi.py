@@ -145,7 +145,7 @@ def build_spec(host, hook: Invocation, cdi_version: str = DEFAULT_CDI_VERSION,
             mounts.append({"hostPath": e.src, "containerPath": e.dst, "options": list(opts)})
         elif isinstance(e, Symlink):
             links.append(f"{e.target}::{e.link}")
-    for soname, path, _is32 in base.ldcache:
+    for _soname, path, _is32 in base.ldcache:
         d = os.path.dirname(path)
         if d not in folders:
             folders.append(d)
@@ -204,14 +204,16 @@ def to_yaml(value, indent: int = 0) -> str:
                 lines.append(f"{pad}{k}:")
                 lines.append(to_yaml(v, indent + 2))
             else:
-                lines.append(f"{pad}{k}: {_yaml_empty(v) if isinstance(v, (dict, list)) else _yaml_scalar(v)}")
+                text = _yaml_empty(v) if isinstance(v, (dict, list)) else _yaml_scalar(v)
+                lines.append(f"{pad}{k}: {text}")
     elif isinstance(value, list):
         for item in value:
             if isinstance(item, (dict, list)) and item:
                 body = to_yaml(item, indent + 2)
                 lines.append(f"{pad}- {body[indent + 2:]}")
             else:
-                lines.append(f"{pad}- {_yaml_empty(item) if isinstance(item, (dict, list)) else _yaml_scalar(item)}")
+                text = _yaml_empty(item) if isinstance(item, (dict, list)) else _yaml_scalar(item)
+                lines.append(f"{pad}- {text}")
     else:
         lines.append(pad + _yaml_scalar(value))
     return "\n".join(lines)

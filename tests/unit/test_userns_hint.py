@@ -1,11 +1,11 @@
 """The error hint for hosts that restrict unprivileged user namespaces names the fix."""
-from nvfeatures.host import features
+from nvlaunch.host import features
 
 
 def test_hint_names_the_setting(tmp_path, monkeypatch):
     knob = tmp_path / "apparmor_restrict_unprivileged_userns"
     knob.write_text("1\n")
-    monkeypatch.setattr(launch, "USERNS_SYSCTLS", (
+    monkeypatch.setattr(features, "USERNS_SYSCTLS", (
         (str(tmp_path / "missing"), "0", "never shown"),
         (str(knob), "1", "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"),
     ))

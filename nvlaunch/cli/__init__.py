@@ -1,3 +1,0 @@
-from nvlaunch.cli.main import main
-
-__all__ = ["main"]

@@ -169,7 +169,8 @@ def _tree_state() -> str | None:
     """The commit the measured nvlaunch came from (read-only git queries)."""
     try:
         head = sh(["git", "-C", REPO, "rev-parse", "--short", "HEAD"]).stdout.strip()
-        dirty = sh(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no", "--", "nvlaunch"]).stdout.strip()
+        dirty = sh(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no", "--",
+                    "nvlaunch"]).stdout.strip()
     except OSError:
         return None
     return (head + (" + uncommitted changes in nvlaunch/" if dirty else "")) if head else None
@@ -551,15 +552,18 @@ def build_variants(setup: Setup, user, nvl: list, hosts_main=(1, 8)) -> list:
         bw_base = setup.copy_rootfs(f"rootfs-bwrap{tag}", for_user=bool(prefix), fast=True)
         for n in hosts_main:
             host = setup.hosts[n]
-            vs.append(Variant(f"nvlaunch-{n}gpu{g}", f"nvlaunch run --gpus all --capabilities all ({n} GPU{'s' if n > 1 else ''})",
-                              prefix + nvl + ["run", "--gpus", "all", "--capabilities", "all", rootfs, "/bin/true"],
+            vs.append(Variant(f"nvlaunch-{n}gpu{g}",
+                              f"nvlaunch run --gpus all --capabilities all ({n} GPU{'s' if n > 1 else ''})",
+                              prefix + nvl + ["run", "--gpus", "all", "--capabilities", "all", rootfs,
+                                              "/bin/true"],
                               env={**host.env(), "NVLAUNCH_TIMINGS": "1"}, group=gname, kind="nvlaunch",
                               bwrap_ref=f"bwrap-{n}gpu{g}", timings=True))
         if not prefix:
             n = hosts_main[0]
             vs.append(Variant(f"nvlaunch-{n}gpu-nocache{g}",
                               f"nvlaunch run --gpus all --capabilities all ({n} GPU), plan cache off",
-                              prefix + nvl + ["run", "--gpus", "all", "--capabilities", "all", rootfs, "/bin/true"],
+                              prefix + nvl + ["run", "--gpus", "all", "--capabilities", "all", rootfs,
+                                              "/bin/true"],
                               env={**setup.host_env(n), "NVLAUNCH_TIMINGS": "1", "NVLAUNCH_NO_CACHE": "1"},
                               group=gname, kind="nvlaunch", bwrap_ref=f"bwrap-{n}gpu{g}", timings=True,
                               note="NVLAUNCH_NO_CACHE=1: discovery and plan on every launch"))
@@ -578,7 +582,8 @@ def build_variants(setup: Setup, user, nvl: list, hosts_main=(1, 8)) -> list:
                               lambda i, fresh=fresh, template=template: [
                                   f"{fresh}.{i}" if x == "@ROOT@" else x for x in template],
                               group=gname, kind="bwrap",
-                              before=lambda i, fresh=fresh, own=bool(prefix): setup.clone(bw_base, f"{fresh}.{i}", own),
+                              before=lambda i, fresh=fresh, own=bool(prefix), base=bw_base:
+                                  setup.clone(base, f"{fresh}.{i}", own),
                               after=lambda i, fresh=fresh: shutil.rmtree(f"{fresh}.{i}", ignore_errors=True),
                               note="fresh hard-linked rootfs clone per run (made untimed)"))
             if n and plans[n] is None:
@@ -590,10 +595,12 @@ def build_variants(setup: Setup, user, nvl: list, hosts_main=(1, 8)) -> list:
             premake(floor_root, plans[n])
             if prefix:
                 setup.chown_for_user(floor_root)
-            vs.append(Variant(f"bwrap-{n}gpu-premade{g}", f"bwrap, same binds ({n} GPU), mount points and links pre-made",
-                              prefix + bwrap_args(plans[n], floor_root, setup.hosts[n], setup.work, f"{n}{tag}",
-                                                  rootfs, links=False),
-                              group=gname, kind="bwrap", note="mount points and links pre-made: bwrap only mounts"))
+            vs.append(Variant(f"bwrap-{n}gpu-premade{g}",
+                              f"bwrap, same binds ({n} GPU), mount points and links pre-made",
+                              prefix + bwrap_args(plans[n], floor_root, setup.hosts[n], setup.work,
+                                                  f"{n}{tag}", rootfs, links=False),
+                              group=gname, kind="bwrap",
+                              note="mount points and links pre-made: bwrap only mounts"))
         vs.append(Variant(f"unshare{g}", "unshare -U -r -m -p -f chroot ROOTFS (floor)",
                           prefix + ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork",
                                     "chroot", rootfs, "/bin/true"], group=gname, kind="floor"))
@@ -616,7 +623,8 @@ def build_variants(setup: Setup, user, nvl: list, hosts_main=(1, 8)) -> list:
             mode = None   # (extra global options, preexec_fn, note), picked on the plain bundle
             for with_hook in (False, True):
                 key = f"{rt}{'-hook' if with_hook else ''}"
-                label = f"{rt} run" + (" + prestart hook `nvlaunch hook prestart` (1 GPU)" if with_hook else "")
+                label = f"{rt} run" + (" + prestart hook `nvlaunch hook prestart` (1 GPU)"
+                                       if with_hook else "")
                 try:
                     bundle = runc_bundle(setup, f"bundle-{key}", hook if with_hook else None, env1)
                 except (RuntimeError, OSError) as err:
@@ -626,7 +634,7 @@ def build_variants(setup: Setup, user, nvl: list, hosts_main=(1, 8)) -> list:
                     continue
                 pid = os.getpid()
 
-                def argv_of(extra=(), rt=rt, bundle=bundle, key=key, state=state):
+                def argv_of(extra=(), rt=rt, bundle=bundle, key=key, state=state, pid=pid):
                     return lambda i: [rt, "--root", state, *extra, "run", "--bundle", bundle,
                                       f"bench-{pid}-{key}-{i}"]
                 if mode is None:
@@ -644,8 +652,10 @@ def build_variants(setup: Setup, user, nvl: list, hosts_main=(1, 8)) -> list:
 def _pick_runtime_mode(argv_of) -> tuple:
     """crun refuses hybrid cgroups: try it as is, with --cgroup-manager=disabled, then with
     the cgroup2 mount hidden in a private mount namespace (v1 cgroups, like runc)."""
-    tries = [((), None, ""), (("--cgroup-manager=disabled",), None, "--cgroup-manager=disabled (no cgroups)"),
-             ((), hide_cgroup2(), "cgroup2 mount hidden in a private mount namespace (v1 cgroups, like runc)")]
+    tries = [((), None, ""),
+             (("--cgroup-manager=disabled",), None, "--cgroup-manager=disabled (no cgroups)"),
+             ((), hide_cgroup2(),
+              "cgroup2 mount hidden in a private mount namespace (v1 cgroups, like runc)")]
     for extra, pre, note in tries:
         probe = Variant("probe", "probe", argv_of(extra), preexec=pre)
         _, rc, err = probe.once(99_999, os.environ.copy())
@@ -664,7 +674,8 @@ def baselines(nvl: list) -> list:
           Variant("py-import-cli", "python -c 'import nvlaunch.cli'", [PY, "-c", "import nvlaunch.cli"],
                   kind="baseline"),
           Variant("py-IS-import-cli", "python -I -S + sys.path, import nvlaunch.cli",
-                  [PY, "-I", "-S", "-c", f"import sys; sys.path[:0] = [{REPO!r}, {site!r}]; import nvlaunch.cli"],
+                  [PY, "-I", "-S", "-c",
+                   f"import sys; sys.path[:0] = [{REPO!r}, {site!r}]; import nvlaunch.cli"],
                   kind="baseline")]
     return vs
 
@@ -723,7 +734,8 @@ try:
 except Exception:
     pass
 import json
-json.dump({"import nvlaunch.cli": (t1 - t0) / 1e6, "imports of run (launch, build, plan, ...)": (t2 - t1) / 1e6,
+json.dump({"import nvlaunch.cli": (t1 - t0) / 1e6,
+           "imports of run (launch, build, plan, ...)": (t2 - t1) / 1e6,
            "discovery + plan (first, incl. lazy imports)": (t3 - t2) / 1e6,
            "discovery + plan (again, warm)": (t4 - t3) / 1e6,
            "imports after prepare (kernel/_ns, prctl)": (t5 - t4) / 1e6,
@@ -875,11 +887,13 @@ def scaling_section(setup: Setup, variants: list, nvl: list, gpu_counts: list, n
         for g in gpu_counts:
             sv.append(Variant(f"s-gpus-{g}", f"{g}", nvl + ["run", "--gpus", "all", "--capabilities", "all",
                                                             setup.rootfs, "/bin/true"],
-                              env={**setup.host_env(g), "NVLAUNCH_TIMINGS": "1"}, timings=True, kind="nvlaunch"))
+                              env={**setup.host_env(g), "NVLAUNCH_TIMINGS": "1"}, timings=True,
+                              kind="nvlaunch"))
         for caps in ("utility", "compute,utility", "all"):
             sv.append(Variant(f"s-caps-{caps}", caps, nvl + ["run", "--gpus", "all", "--capabilities", caps,
                                                              setup.rootfs, "/bin/true"],
-                              env={**setup.host_env(1), "NVLAUNCH_TIMINGS": "1"}, timings=True, kind="nvlaunch"))
+                              env={**setup.host_env(1), "NVLAUNCH_TIMINGS": "1"}, timings=True,
+                              kind="nvlaunch"))
         sv = with_timed_twins(sv)
         run_interleaved(sv, n, warmup, base_env)
         timed = {v.twin_of: v for v in sv if v.twin_of}
@@ -901,7 +915,8 @@ def scaling_section(setup: Setup, variants: list, nvl: list, gpu_counts: list, n
             if v and v.samples:
                 s = v.summary()
                 ph = t.phases if t else []
-                scaling["gpus"].append({"gpus": g, "median_ms": s["median_ms"], "p90_ms": s["p90_ms"], "n": s["n"],
+                scaling["gpus"].append({"gpus": g, "median_ms": s["median_ms"], "p90_ms": s["p90_ms"],
+                                        "n": s["n"],
                                         "mounts_ms": r3(med([p["mounts"] for p in ph if "mounts" in p]))})
     print("32 at once ...", flush=True)
     for key in ("nvlaunch-1gpu", "bwrap-1gpu", "runc"):
@@ -956,7 +971,8 @@ def markdown(res: dict) -> str:
                 "| variant | as | " + " | ".join(names) + " |", "|---|---|" + "--:|" * len(names)]
         for key, d in ph.items():
             r = rows[key]
-            out.append(f"| {r['label']} | {r['user']} | " + " | ".join(fmt(d.get(n), 2) for n in names) + " |")
+            out.append(f"| {r['label']} | {r['user']} | "
+                       + " | ".join(fmt(d.get(n), 2) for n in names) + " |")
         out += ["", "startup = fork/exec + interpreter start + `import nvlaunch.cli`; prepare = option "
                 "parsing, the imports of `run`, driver/GPU discovery and the plan; namespaces = clone "
                 "until PID 1 runs; mounts = tmpfs, overlay, /proc /sys /dev and every bind (the sum of "
@@ -971,7 +987,8 @@ def markdown(res: dict) -> str:
                     "| variant | as | " + " | ".join(names) + " |", "|---|---|" + "--:|" * len(names)]
             for key, d in raw.items():
                 r = rows[key]
-                out.append(f"| {r['label']} | {r['user']} | " + " | ".join(fmt(d.get(n), 2) for n in names) + " |")
+                out.append(f"| {r['label']} | {r['user']} | "
+                           + " | ".join(fmt(d.get(n), 2) for n in names) + " |")
     sp = res.get("prepare_split", {})
     if sp.get("available"):
         out += ["", f"### Inside prepare ({sp['gpus']} GPU, {sp['entries']} plan entries; fresh interpreter, "
@@ -992,7 +1009,8 @@ def markdown(res: dict) -> str:
     if sc.get("gpus"):
         out += ["", "## Scaling (nvlaunch run, root, interleaved)", "",
                 "| GPUs (capabilities all) | median ms | p90 ms | n | mounts ms |", "|--:|--:|--:|--:|--:|"]
-        out += [f"| {r['gpus']} | {fmt(r['median_ms'])} | {fmt(r['p90_ms'])} | {r['n']} | {fmt(r.get('mounts_ms'), 2)} |"
+        out += [f"| {r['gpus']} | {fmt(r['median_ms'])} | {fmt(r['p90_ms'])} | {r['n']} | "
+                f"{fmt(r.get('mounts_ms'), 2)} |"
                 for r in sc["gpus"]]
     if sc.get("capabilities"):
         out += ["", "| capabilities (1 GPU) | median ms | p90 ms | n | prepare ms | mounts ms |",
@@ -1011,7 +1029,8 @@ def markdown(res: dict) -> str:
     lc = res.get("ldcache", {})
     if lc.get("available"):
         out += ["", f"## ld.so.cache, {lc['entries']} entries ({lc['bytes']} bytes), in process", "",
-                f"parse: median {lc['parse_median_ms']:.3f} ms, p90 {lc['parse_p90_ms']:.3f} ms (n={lc['n']}); "
+                f"parse: median {lc['parse_median_ms']:.3f} ms, p90 {lc['parse_p90_ms']:.3f} ms "
+                f"(n={lc['n']}); "
                 f"build: median {lc['build_median_ms']:.3f} ms."]
     if res.get("failed_sections"):
         out += ["", "Sections that could not run: " + "; ".join(res["failed_sections"])]
@@ -1115,10 +1134,12 @@ def main(argv=None) -> int:
         def progress(i, total):
             if i == total or i % max(1, total // 4) == 0:
                 print(f"  main: round {i}/{total} ({time.monotonic() - t_start:.0f} s)", flush=True)
-        print(f"main: {len([v for v in variants if v.available])} variants x {n} runs, interleaved", flush=True)
+        print(f"main: {len([v for v in variants if v.available])} variants x {n} runs, interleaved",
+              flush=True)
         run_interleaved(variants, n, warmup, base_env, progress)
 
-        res: dict = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "mode": "quick" if quick else "full",
+        res: dict = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+                     "mode": "quick" if quick else "full",
                      "machine": info, "iterations": n, "warmup": warmup, "nvlaunch": nvl_shown,
                      "user": user.pw_name if user else None, "workdir": work}
         res["variants"] = []
@@ -1155,7 +1176,8 @@ def main(argv=None) -> int:
         guarded(res, "ldcache", lambda: ldcache_bench(200))
         res["notes"] = setup.notes + [
             "bwrap 0.8 has no overlay and cannot make mount points in a read-only bind: each bwrap run gets "
-            "`--bind ROOT /` of a fresh hard-linked clone of the rootfs on a tmpfs (made and removed untimed), "
+            "`--bind ROOT /` of a fresh hard-linked clone of the rootfs on a tmpfs (made and removed "
+            "untimed), "
             "so it makes every mount point and --symlink itself, as nvlaunch does in its tmpfs layer; the "
             "\"pre-made\" row is the floor where they already exist; the /proc/driver/nvidia copies and the "
             "merged ld.so.cache that nvlaunch writes are bound from files prepared beforehand",

@@ -32,7 +32,9 @@ from _operator import itemgetter as _itemgetter   # the C module: `operator` cos
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, TypeVar, dataclass_transform
+    from typing import Any, TypeVar
+
+    from typing_extensions import dataclass_transform   # (typing has it from 3.11)
 
     T = TypeVar("T")
 else:
@@ -130,7 +132,8 @@ def _make(klass: Any, iterable: Any) -> Any:
 
 def replace(rec: T, **changes: Any) -> T:
     """A copy of record `rec` with some fields changed (validation runs again)."""
-    # A record is a named tuple at run time, a plain class to mypy (the dataclass transform)
+    # A record is a tuple with a _replace method at run time, a plain class to mypy (the
+    # dataclass transform), which sees no _replace
     return rec._replace(**changes)  # type: ignore[attr-defined, no-any-return]
 
 

@@ -51,16 +51,13 @@ from nvlaunch.plan import bpf
 from nvlaunch.plan.devices import DeviceRule, normalize_access, parse_v1_line, rules_for_nodes
 from nvlaunch.plan.records import Plan
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False   # `collections.abc` costs 2 ms; annotations only
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
     from types import TracebackType
     from typing import Literal
 
     from nvlaunch.kernel.protocol import Kernel
-
-TYPE_CHECKING = False   # `collections.abc` costs 2 ms; annotations only
-if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
 
 LICENSE = "Apache"            # what runc, crun and libnvidia-container load theirs with
 QUERY_START_IDS = 64          # BPF_PROG_QUERY id slots first tried (runc: 64)

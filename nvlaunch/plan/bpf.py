@@ -52,9 +52,12 @@ from __future__ import annotations
 
 import struct
 from collections import namedtuple
-from collections.abc import Iterable
 
 from nvlaunch.plan.devices import ALL_ACCESS, DEV_TYPES, DeviceRule, access_mask
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 # Instruction classes, sizes, modes and operations (include/uapi/linux/bpf_common.h, bpf.h).
 BPF_LD, BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_JMP, BPF_JMP32, BPF_ALU64 = range(8)

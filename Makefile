@@ -8,10 +8,11 @@ bootstrap:
 demo: bootstrap
 	@bash scripts/demo.sh
 
-# lint and type checks (settings in pyproject.toml), then the tests; each step stops the
-# target on failure.
+# lint and type checks (settings in pyproject.toml), then the tests (as root), then the
+# unit tier again as `nobody` (it needs no root); each step stops the target on failure.
 test: bootstrap lint
 	@.venv/bin/python -m pytest -q -p no:cacheprovider tests
+	@bash scripts/unit-as-nobody.sh
 
 lint: bootstrap
 	@.venv/bin/ruff check nvlaunch tests benchmarks bin/nvlaunch

@@ -8,6 +8,7 @@ run from there with Debian's python3.
 """
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import shutil
@@ -25,7 +26,26 @@ TEST_USER = "nvltest"
 
 
 def is_root() -> bool:
+    """Whether this test process is root (the one predicate behind needs_root)."""
     return os.geteuid() == 0
+
+
+# How a test says it needs root -- the only spelling in tests/.  CI runs the whole suite as
+# root, so every one of these runs there; scripts/unit-as-nobody.sh runs tests/unit as
+# nobody, where none of them may be needed (tests that need root live in tests/kernel/).
+#   a test, class or module:   @needs_root("mknod")   /   pytestmark = needs_root("podman")
+#   a fixture or test body:    require_root("to switch users")
+# Both skip with the same reason, "needs root (<why>)".
+
+def needs_root(why: str):
+    """A skip marker for what cannot run without root; `why` names what root is for."""
+    return pytest.mark.skipif(not is_root(), reason=f"needs root ({why})")
+
+
+def require_root(why: str) -> None:
+    """needs_root for fixtures and test bodies: skip the calling test unless root."""
+    if not is_root():
+        pytest.skip(f"needs root ({why})")
 
 
 def user_exists(name: str) -> bool:
@@ -36,7 +56,27 @@ def user_exists(name: str) -> bool:
         return False
 
 
-requires_root = pytest.mark.skipif(not is_root(), reason="needs root (namespaces, mknod, cgroups)")
+@functools.lru_cache(maxsize=None)
+def userns_available() -> bool:
+    """Whether this user may make a user namespace (unshare -r), as on this machine."""
+    if shutil.which("unshare") is None:
+        return False
+    r = subprocess.run(["unshare", "--user", "--map-root-user", "true"], capture_output=True)
+    return r.returncode == 0
+
+
+def chroot_cmd(root: str, *argv: str) -> list:
+    """`chroot ROOT ARGV...` for subprocess: as root directly, otherwise inside a new user
+    namespace in which the caller is root (chroot(2) needs nothing more).  Skips the
+    calling test where neither is possible."""
+    chroot = shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if chroot is None:
+        pytest.skip("no chroot")
+    if is_root():
+        return [chroot, root, *argv]
+    if not userns_available():
+        pytest.skip("chroot needs root or an unprivileged user namespace")
+    return ["unshare", "--user", "--map-root-user", chroot, root, *argv]
 
 
 @pytest.fixture(scope="session")
@@ -104,35 +144,44 @@ class Nvlaunch:
         return subprocess.Popen(self.cmd(*args), env=self.environ(env), cwd="/", **kw)
 
 
+@pytest.fixture(scope="session")
+def root_runtime_dir():
+    """XDG_RUNTIME_DIR of nvlaunch run as root by the tests: its plan cache goes here
+    rather than to the machine's /run/nvlaunch."""
+    d = tempfile.mkdtemp(prefix="nvlaunch-xdg-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(params=["root", "user"])
-def nvl(request, stage_dir):
+def nvl(request, stage_dir, root_runtime_dir):
     """nvlaunch as root, and as the unprivileged test user."""
-    if not is_root():
-        pytest.skip("needs root to switch users")
+    require_root("to switch users")
     if request.param == "root":
-        return Nvlaunch(None, None)
+        return Nvlaunch(None, None, env={"XDG_RUNTIME_DIR": root_runtime_dir})
     if not user_exists(TEST_USER):
         pytest.skip(f"no user {TEST_USER}; run scripts/bootstrap.sh")
     return Nvlaunch(TEST_USER, stage_dir)
 
 
 @pytest.fixture
-def nvl_root():
-    return Nvlaunch(None, None)
+def nvl_root(root_runtime_dir):
+    require_root("nvlaunch as root")
+    return Nvlaunch(None, None, env={"XDG_RUNTIME_DIR": root_runtime_dir})
 
 
 @pytest.fixture
 def nvl_user(stage_dir):
-    if not is_root() or not user_exists(TEST_USER):
-        pytest.skip("needs root and the nvltest user")
+    require_root("to switch users")
+    if not user_exists(TEST_USER):
+        pytest.skip(f"no user {TEST_USER}; run scripts/bootstrap.sh")
     return Nvlaunch(TEST_USER, stage_dir)
 
 
 @pytest.fixture
 def nvl_nobody(stage_dir):
     """An unprivileged user with no subordinate ids: the single-id map path."""
-    if not is_root():
-        pytest.skip("needs root to switch users")
+    require_root("to switch users")
     return Nvlaunch("nobody", stage_dir, group="nogroup")
 
 

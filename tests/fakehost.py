@@ -27,10 +27,15 @@ Shaped after a real host (shared/reference/gpu-host-h200.txt: one H200, driver 5
     probe_binary() -> path of the compiled probe; parse_kv(), parse_devices() read its output.
 
 Everything compiled is built once into a cache directory named after a hash of the C sources
-and of this file (/tmp/nvlaunch-fakedrv-<hash>/), shared by all test processes; a fake host
-or rootfs is then a copy of a cached template plus a few small files: a few milliseconds.
+and of this file and after the user (/tmp/nvlaunch-fakedrv-<hash>-uid<euid>/), shared by all
+test processes of that user; a fake host or rootfs is then a copy of a cached template plus a
+few small files: a few milliseconds.
 Device nodes need root (mknod); without it they are empty regular files (FakeHost.real_nodes
-is False) and tests that need real nodes should skip.
+is False), or with stand_ins=True symlinks to /dev/null: a real character device, so stat()
+says S_IFCHR and code that insists on a character device accepts them, but with the wrong
+device number (1:3) and opening like /dev/null.  Stand-ins serve tests whose assertions do not
+depend on the device number or on what opening gives (a CDI spec names nodes only by path);
+tests that need the NVIDIA majors or ENXIO need real nodes, hence root (tests/kernel/).
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -135,6 +141,7 @@ class FakeHost:
     gpus: list
     cuda_version: int = DEFAULT_CUDA_VERSION
     real_nodes: bool = True
+    stand_in_nodes: bool = False         # not real: symlinks to STAND_IN_NODE, not empty files
 
     def env(self) -> dict:
         """The contract's variables that point nvlaunch at this host."""
@@ -159,21 +166,41 @@ class FakeHost:
         """A path of the tree, given as on the real host ("/dev/nvidia0")."""
         return os.path.join(self.root, rel.lstrip("/"))
 
+    def add_node(self, rel: str, major: int, minor: int, mode: int = 0o666) -> str:
+        """One more device node ("/dev/nvidia-caps/nvidia-cap5"), of the kind the others
+        are (real, stand-in or empty file); returns its path."""
+        path = self.path(rel)
+        _mknod(path, major, minor, mode, 0, self.stand_in_nodes)
+        return path
+
+    def rewrite(self, rel: str, text: str) -> None:
+        """Replace a file of the tree ("/proc/driver/nvidia/version"), keeping its mode
+        (most of /proc is 0444: only root could simply open it for writing)."""
+        path = self.path(rel)
+        mode = stat.S_IMODE(os.lstat(path).st_mode)
+        os.unlink(path)
+        _write(path, text, mode)
+
 
 # --------------------------------------------------------------------------------------------
 # Build cache: everything compiled lives in one directory per version of the sources.
 
 @functools.lru_cache(maxsize=None)
 def cache_dir() -> str:
-    """/tmp/nvlaunch-fakedrv-<hash of the C sources and this file>; made on first use."""
+    """/tmp/nvlaunch-fakedrv-<hash of the C sources and this file>-uid<euid>; made on first use."""
     h = hashlib.sha256()
     sources = sorted(os.path.join(FAKEDRV_DIR, f) for f in os.listdir(FAKEDRV_DIR)
                      if f.endswith(".c"))
     for path in [*sources, PROBE_SOURCE, os.path.abspath(__file__)]:
         with open(path, "rb") as f:
             h.update(os.path.basename(path).encode() + b"\0" + f.read())
-    path = os.path.join(tempfile.gettempdir(), "nvlaunch-fakedrv-" + h.hexdigest()[:16])
-    os.makedirs(path, exist_ok=True)
+    # One per user: another user's cache is neither writable nor to be trusted.
+    path = os.path.join(tempfile.gettempdir(),
+                        f"nvlaunch-fakedrv-{h.hexdigest()[:16]}-uid{os.geteuid()}")
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        return tempfile.mkdtemp(prefix="nvlaunch-fakedrv-")      # someone else's: build anew
     return path
 
 
@@ -422,9 +449,28 @@ def _build_driver_tree(root: str, version: str, cuda_version: int, with_decoy: b
     _write(j("etc/ld.so.conf"), "include /etc/ld.so.conf.d/*.conf\n\n")
     for name, text in _ld_conf(with_decoy).items():
         _write(j("etc/ld.so.conf.d", name), text)
-    proc = subprocess.run(["ldconfig", "-X", "-r", root], capture_output=True, text=True)
+    proc = _ldconfig(root)
     if proc.returncode != 0 or not os.path.exists(j("etc/ld.so.cache")):
         raise RuntimeError(f"ldconfig -r {root} failed:\n{proc.stderr}")
+
+
+@functools.lru_cache(maxsize=None)
+def _userns_root() -> list:
+    """Without root: the prefix that makes a command root of a new user namespace, where
+    chroot(2) works (unshare -r), or [] where that is not allowed."""
+    if os.geteuid() == 0 or shutil.which("unshare") is None:
+        return []
+    ok = subprocess.run(["unshare", "--user", "--map-root-user", "true"], capture_output=True)
+    return ["unshare", "--user", "--map-root-user"] if ok.returncode == 0 else []
+
+
+def _ldconfig(root: str) -> subprocess.CompletedProcess:
+    """ldconfig -X -r ROOT.  ldconfig chroots into ROOT when it may (root, or root of a user
+    namespace); otherwise it only prefixes paths and refuses a relative `include` (the
+    Fedora-like rootfs has one)."""
+    return subprocess.run(_userns_root() + ["ldconfig", "-X", "-r", root], capture_output=True,
+                          text=True, env={**os.environ, "PATH": os.environ.get("PATH", "") +
+                                          ":/usr/sbin:/sbin"})
 
 
 @functools.lru_cache(maxsize=None)
@@ -630,13 +676,20 @@ def _video_gid() -> int:
         return _VIDEO_GID_FALLBACK
 
 
-def _mknod(path: str, major: int, minor: int, mode: int, gid: int) -> bool:
-    """A character device node (True), or an empty regular file when not permitted (False)."""
+STAND_IN_NODE = "/dev/null"
+
+
+def _mknod(path: str, major: int, minor: int, mode: int, gid: int, stand_in: bool = False) -> bool:
+    """A character device node (True); when mknod is not permitted (False), an empty regular
+    file, or with `stand_in` a symlink to STAND_IN_NODE."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
-        os.mknod(path, 0o600 | 0o020000, os.makedev(major, minor))
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
         real = True
     except PermissionError:
+        if stand_in:
+            os.symlink(STAND_IN_NODE, path)
+            return False                 # (a mode or owner would be /dev/null's)
         open(path, "w").close()
         real = False
     if real or os.geteuid() == 0:
@@ -645,7 +698,7 @@ def _mknod(path: str, major: int, minor: int, mode: int, gid: int) -> bool:
     return real
 
 
-def _build_dev(root: str, gpus: list, video_group_nodes: bool) -> bool:
+def _build_dev(root: str, gpus: list, video_group_nodes: bool, stand_in: bool = False) -> bool:
     """The device nodes; returns whether they are real nodes."""
     d = functools.partial(os.path.join, root, "dev")
     mode, gid = (0o660, _video_gid()) if video_group_nodes else (0o666, 0)
@@ -656,10 +709,10 @@ def _build_dev(root: str, gpus: list, video_group_nodes: bool) -> bool:
     for g in gpus:                       # DRM cards are numbered in PCI (probe) order
         nodes += [(f"dri/card{g.index}", MAJOR_DRM, g.index),
                   (f"dri/renderD{128 + g.index}", MAJOR_DRM, 128 + g.index)]
-    real = all([_mknod(d(name), major, minor, mode, gid) for name, major, minor in nodes])
+    real = all([_mknod(d(name), major, minor, mode, gid, stand_in) for name, major, minor in nodes])
     # MIG capability nodes: root-only config, world-readable monitor, as on the reference host.
-    real &= _mknod(d("nvidia-caps/nvidia-cap1"), MAJOR_CAPS, MIG_CONFIG_MINOR, 0o400, 0)
-    real &= _mknod(d("nvidia-caps/nvidia-cap2"), MAJOR_CAPS, MIG_MONITOR_MINOR, 0o444, 0)
+    real &= _mknod(d("nvidia-caps/nvidia-cap1"), MAJOR_CAPS, MIG_CONFIG_MINOR, 0o400, 0, stand_in)
+    real &= _mknod(d("nvidia-caps/nvidia-cap2"), MAJOR_CAPS, MIG_MONITOR_MINOR, 0o444, 0, stand_in)
     for g in gpus:
         _symlink(f"../card{g.index}", d("dri/by-path", f"pci-{g.bus_id}-card"))
         _symlink(f"../renderD{128 + g.index}", d("dri/by-path", f"pci-{g.bus_id}-render"))
@@ -668,13 +721,15 @@ def _build_dev(root: str, gpus: list, video_group_nodes: bool) -> bool:
 
 def build_fake_host(dest: str, gpus: int = 2, driver_version: str = DEFAULT_DRIVER_VERSION,
                     minors=None, cuda_version: int = DEFAULT_CUDA_VERSION, with_decoy: bool = True,
-                    video_group_nodes: bool = False) -> FakeHost:
+                    video_group_nodes: bool = False, stand_ins: bool = False) -> FakeHost:
     """Build the fake host under `dest` (created if missing; may be an existing empty dir).
 
     gpus: how many GPUs (0..32); minors: their device minors in PCI order (default 1,0,3,2...);
     cuda_version: what cuDriverGetVersion reports; with_decoy: the CUDA compat libcuda
     (580.95.05, cuInit -> 803) and its ld.so.conf.d entry, sorted before the driver's;
-    video_group_nodes: NVIDIA/DRI nodes 0660 group video instead of 0666 root.
+    video_group_nodes: NVIDIA/DRI nodes 0660 group video instead of 0666 root;
+    stand_ins: where mknod is not permitted (not root), nodes are symlinks to /dev/null
+    rather than empty files (see the module docstring); real_nodes says which it got.
     """
     table = default_gpus(gpus, minors)
     root = os.path.abspath(dest)
@@ -682,10 +737,10 @@ def build_fake_host(dest: str, gpus: int = 2, driver_version: str = DEFAULT_DRIV
     template = _driver_template(_check_version(driver_version), int(cuda_version), bool(with_decoy))
     shutil.copytree(template, root, symlinks=True, dirs_exist_ok=True)
     _build_proc(root, table, driver_version)
-    real = _build_dev(root, table, video_group_nodes)
+    real = _build_dev(root, table, video_group_nodes, stand_ins)
     return FakeHost(root=root, driver_root=root, dev_root=root, proc_root=root,
                     driver_version=driver_version, gpus=table, cuda_version=int(cuda_version),
-                    real_nodes=real)
+                    real_nodes=real, stand_in_nodes=stand_ins and not real)
 
 
 # --------------------------------------------------------------------------------------------
@@ -767,7 +822,7 @@ def _build_rootfs_tree(root: str, layout: str, probe: bool) -> None:
         _install(src, j(libdir, name))
     if probe:
         _install(probe_binary(), j("usr/bin/probe"))
-    proc = subprocess.run(["ldconfig", "-X", "-r", root], capture_output=True, text=True)
+    proc = _ldconfig(root)
     if proc.returncode != 0:
         raise RuntimeError(f"ldconfig -r {root} failed:\n{proc.stderr}")
 

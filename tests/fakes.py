@@ -174,7 +174,8 @@ class FakeKernel:
 
     def mkdir(self, path, mode=0o777, *, dir_fd=None):
         self._record("mkdir", path, mode)
-        os.mkdir(path, mode, dir_fd=dir_fd)
+        # made writable for us: root ignores the mode, the unprivileged tester would not
+        os.mkdir(path, mode | 0o700, dir_fd=dir_fd)
 
     def rmdir(self, path, *, dir_fd=None):
         self._record("rmdir", path)

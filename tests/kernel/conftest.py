@@ -59,10 +59,11 @@ def hostdir():
 @pytest.fixture(scope="module")
 def fake():
     """A fake host with 2 GPUs and real device nodes, in a world-traversable directory."""
+    from tests.conftest import require_root
     from tests.fakehost import build_fake_host
+    require_root("mknod for the fake host's device nodes")
     d = world_dir("nvl-host-")
     fh = build_fake_host(os.path.join(d, "host"), gpus=2)
-    if not fh.real_nodes:
-        pytest.skip("fake host without real device nodes")
+    assert fh.real_nodes
     yield fh
     shutil.rmtree(d, ignore_errors=True)

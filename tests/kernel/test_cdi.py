@@ -12,10 +12,16 @@ What each run shows:
 - NVIDIA_VISIBLE_DEVICES=void in the container (no second injection by a runtime hook).
 
 Podman 4.3 reads specs only from /etc/cdi and /var/run/cdi (containers.conf
-`cdi_spec_dirs` came later: it is ignored here, checked by hand), so each test writes a
-uniquely named file into /var/run/cdi (the directory that wins over /etc/cdi) and removes
-it in a finally; a lock file keeps two test processes from offering the same device names
-at once.
+`cdi_spec_dirs` came later: it is ignored here, checked by hand), machine-wide directories.
+So every podman command runs in a private mount namespace of its own (unshare --mount
+--propagation private) in which each of those directories is a fresh empty tmpfs, and the
+test's spec is copied into that tmpfs just before podman starts: the test neither sees the
+machine's specs (another nvidia.com/gpu spec there cannot make it fail or skip) nor leaves
+anything there, and parallel test processes never meet.  The only change to the host is
+/var/run/cdi itself when it is missing (an empty directory, made once as a mount point).
+Root podman also keeps its storage, run and tmp directories (--root, --runroot, --tmpdir)
+and runc's state (--runtime-flag root=) in the test's own directory, and every podman reads
+hooks from an empty --hooks-dir, not from the machine's hooks.d directories.
 
 Rootless podman (user nvltest) runs too, with one change to the spec: rootless runc
 bind-mounts each device node from the host path named by the *container* path
@@ -25,7 +31,6 @@ the spec works rootless unchanged.  The hook and its ld cache work are the same.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -33,26 +38,25 @@ import shutil
 import signal
 import subprocess
 import sys
-import uuid
 
 import pytest
 
 from tests.kernel.conftest import world_dir
 
-from tests.conftest import REPO, TEST_USER, is_root, user_exists
+from tests.conftest import REPO, TEST_USER, needs_root, user_exists
 from tests.fakehost import DEFAULT_DRIVER_VERSION, parse_devices, parse_kv
 
 PODMAN = shutil.which("podman")
 RUNC = shutil.which("runc") or shutil.which("runc", path="/usr/sbin:/sbin")
+CDI_DIRS = ("/etc/cdi", "/var/run/cdi")     # what podman 4.3 reads; the second wins
 SPEC_DIR = "/var/run/cdi"
-OTHER_SPEC_DIRS = ("/var/run/cdi",)      # same priority as ours: a conflict there is fatal
-LOCK = os.path.join(SPEC_DIR, ".nvlaunch-tests.lock")
+SPEC_NAME = "nvlaunch-test.json"
 PODMAN_RUN = ["--runtime", "runc", "run", "--rm", "--net", "host",
               "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 SCRIPT = "probe devices; probe dlopen libcuda.so.1; env"
 
 pytestmark = [
-    pytest.mark.skipif(not is_root(), reason="needs root (podman, /var/run/cdi, mknod)"),
+    needs_root("podman, a private mount namespace, mknod"),
     pytest.mark.skipif(not PODMAN or not RUNC, reason="needs podman and runc"),
 ]
 
@@ -79,46 +83,64 @@ def generate(fake, *extra) -> dict:
     return json.loads(r.stdout)
 
 
-class SpecFile:
-    """A spec installed in /var/run/cdi under a unique name while the lock is held."""
-
-    def __init__(self, spec: dict):
-        self.spec = spec
-
-    def __enter__(self):
-        os.makedirs(SPEC_DIR, exist_ok=True)
-        self.lock = open(LOCK, "a")
-        fcntl.flock(self.lock, fcntl.LOCK_EX)
-        for d in OTHER_SPEC_DIRS:
-            for name in os.listdir(d):
-                p = os.path.join(d, name)
-                if name.endswith((".json", ".yaml", ".yml")) and os.path.isfile(p):
-                    with open(p, errors="replace") as f:
-                        if self.spec["kind"] in f.read():
-                            self.__exit__()
-                            pytest.skip(f"{p} already declares {self.spec['kind']}: "
-                                        "podman would refuse the duplicated devices")
-        self.path = os.path.join(SPEC_DIR, f"nvlaunch-test-{os.getpid()}-{uuid.uuid4().hex[:8]}.json")
-        from nvlaunch.frontends.cdi import write_atomic
-        write_atomic(self.path, json.dumps(self.spec, indent=1))
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            if getattr(self, "path", None):
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        fcntl.flock(self.lock, fcntl.LOCK_UN)
-        self.lock.close()
+@pytest.fixture
+def work():
+    """The test's own directory: the spec, an empty hooks dir, root podman's storage."""
+    d = world_dir("nvl-cdi-")
+    os.mkdir(os.path.join(d, "hooks"), 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
-def podman(args, user=None, env=None, timeout=180):
-    cmd = [PODMAN] + list(args)
+def private_spec_dirs(cmd: list, spec_file: str) -> list:
+    """`cmd` in a private mount namespace in which every CDI spec directory podman reads is
+    an empty tmpfs, but for `spec_file`, copied into SPEC_DIR as SPEC_NAME.  The namespace
+    and its tmpfs go away with the last process in it (podman, conmon and the container
+    are all its children)."""
+    os.makedirs(SPEC_DIR, exist_ok=True)          # a mount point (only if missing)
+    hide = sorted({os.path.realpath(d) for d in CDI_DIRS if os.path.isdir(d)})
+    script = ('spec=$1; shift; for d in ' + " ".join(hide) + '; do '
+              'mount -t tmpfs -o mode=0755,size=1m nvlaunch-test-cdi "$d"; done; '
+              f'cp "$spec" {SPEC_DIR}/{SPEC_NAME}; exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-euc", script, "sh",
+            spec_file, *cmd]
+
+
+def podman(args, work, spec: dict, user=None, env=None, timeout=180):
+    """podman ARGS (global options first) with `spec` as the only CDI spec it can see."""
+    spec_file = os.path.join(work, "spec.json")
+    with open(spec_file, "w") as f:
+        json.dump(spec, f, indent=1)
+    os.chmod(spec_file, 0o644)
+    cmd = [PODMAN, "--hooks-dir", os.path.join(work, "hooks")]
     if user:
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"] + cmd
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd="/",
+    else:
+        cmd += ["--root", os.path.join(work, "storage"), "--runroot", os.path.join(work, "run"),
+                "--tmpdir", os.path.join(work, "tmp"),
+                "--runtime-flag", "root=" + os.path.join(work, "runc")]   # not /run/runc
+    return subprocess.run(private_spec_dirs(cmd + list(args), spec_file), capture_output=True,
+                          text=True, timeout=timeout, cwd="/",
                           env=env or {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+
+
+def test_spec_dirs_are_private(work):
+    """Inside: each spec directory a tmpfs, holding only the test's spec; outside: nothing
+    of it, before or after."""
+    def listing():
+        return {d: sorted(os.listdir(d)) for d in CDI_DIRS if os.path.isdir(d)}
+    os.makedirs(SPEC_DIR, exist_ok=True)
+    before = listing()
+    spec_file = os.path.join(work, "spec.json")
+    with open(spec_file, "w") as f:
+        f.write('{"cdiVersion": "0.5.0"}\n')
+    show = 'for d in "$@"; do [ ! -d "$d" ] || echo "$d $(stat -f -c %T "$d")" $(ls -A "$d"); done'
+    r = subprocess.run(private_spec_dirs(["sh", "-c", show, "sh", *before], spec_file),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    seen = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines()}
+    assert seen == {d: ["tmpfs"] + ([SPEC_NAME] if d == SPEC_DIR else []) for d in before}
+    assert listing() == before
 
 
 def gpu_nodes(devs: dict) -> dict:
@@ -141,12 +163,10 @@ def check_gpu_container(out: str, gpu, cgroup_checked: bool = True):
     assert re.search(r"^NVIDIA_VISIBLE_DEVICES=void$", out, re.M), out
 
 
-def test_podman_root_gpu_by_index(fake, make_rootfs, ldcache_command_wired):
+def test_podman_root_gpu_by_index(fake, make_rootfs, work, ldcache_command_wired):
     rootfs = make_rootfs(probe=True)
-    spec = generate(fake)
-    with SpecFile(spec):
-        r = podman(PODMAN_RUN + ["--device", "nvidia.com/gpu=1", "--rootfs", rootfs,
-                                 "/bin/sh", "-c", SCRIPT])
+    r = podman(PODMAN_RUN + ["--device", "nvidia.com/gpu=1", "--rootfs", rootfs,
+                             "/bin/sh", "-c", SCRIPT], work, generate(fake))
     assert r.returncode == 0, r.stdout + r.stderr
     check_gpu_container(r.stdout, fake.gpus[1])
     # the hook's work is in the rootfs (podman --rootfs uses the directory itself)
@@ -154,7 +174,7 @@ def test_podman_root_gpu_by_index(fake, make_rootfs, ldcache_command_wired):
         f"libcuda.so.{DEFAULT_DRIVER_VERSION}"
 
 
-def test_podman_root_gpu_by_uuid_and_yaml(fake, make_rootfs, ldcache_command_wired):
+def test_podman_root_gpu_by_uuid_and_yaml(fake, make_rootfs, work, ldcache_command_wired):
     """The same through the UUID name, with the spec as YAML."""
     import yaml
     rootfs = make_rootfs(probe=True)
@@ -164,17 +184,16 @@ def test_podman_root_gpu_by_uuid_and_yaml(fake, make_rootfs, ldcache_command_wir
     assert r.returncode == 0, r.stderr
     spec = yaml.safe_load(r.stdout)
     gpu = fake.gpus[0]
-    with SpecFile(spec):
-        r = podman(PODMAN_RUN + ["--device", f"nvidia.com/gpu={gpu.uuid}", "--rootfs", rootfs,
-                                 "/bin/sh", "-c", SCRIPT])
+    r = podman(PODMAN_RUN + ["--device", f"nvidia.com/gpu={gpu.uuid}", "--rootfs", rootfs,
+                             "/bin/sh", "-c", SCRIPT], work, spec)
     assert r.returncode == 0, r.stdout + r.stderr
     check_gpu_container(r.stdout, gpu)
 
 
-def test_podman_root_unknown_device_is_refused(fake, make_rootfs):
+def test_podman_root_unknown_device_is_refused(fake, make_rootfs, work):
     rootfs = make_rootfs(probe=False)
-    with SpecFile(generate(fake)):
-        r = podman(PODMAN_RUN + ["--device", "nvidia.com/gpu=7", "--rootfs", rootfs, "/bin/true"])
+    r = podman(PODMAN_RUN + ["--device", "nvidia.com/gpu=7", "--rootfs", rootfs, "/bin/true"],
+               work, generate(fake))
     assert r.returncode != 0
     assert "nvidia.com/gpu=7" in r.stderr
 
@@ -215,14 +234,13 @@ def rootless_home():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def test_podman_rootless(fake, make_rootfs, rootless_home, ldcache_command_wired):
+def test_podman_rootless(fake, make_rootfs, work, rootless_home, ldcache_command_wired):
     env, pw = rootless_home
     rootfs = make_rootfs(probe=True)
     subprocess.run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", rootfs], check=True)
-    spec = _as_mounts(generate(fake))
-    with SpecFile(spec):
-        r = podman(PODMAN_RUN + ["--device", "nvidia.com/gpu=1", "--rootfs", rootfs,
-                                 "/bin/sh", "-c", SCRIPT], user=TEST_USER, env=env)
+    r = podman(PODMAN_RUN + ["--device", "nvidia.com/gpu=1", "--rootfs", rootfs,
+                             "/bin/sh", "-c", SCRIPT], work, _as_mounts(generate(fake)),
+               user=TEST_USER, env=env)
     if r.returncode != 0 and ("newuidmap" in r.stderr or "cannot set up namespace" in r.stderr
                               or "user namespace" in r.stderr):
         pytest.skip("rootless podman cannot start here: " + r.stderr.strip()[-300:])

@@ -22,6 +22,7 @@ import traceback
 
 import pytest
 
+from tests.conftest import is_root, needs_root, require_root
 from tests.fakes import FakeKernel as _Fake
 
 from nvlaunch.plan import bpf
@@ -148,7 +149,7 @@ def test_needs_cgroup_rules(tmp_path):
     (tmp_path / "proc" / "self").mkdir(parents=True)
     uid_map = tmp_path / "proc" / "self" / "uid_map"
     uid_map.write_text("         0          0 4294967295\n")
-    assert needs_cgroup_rules(str(tmp_path)) == (os.geteuid() == 0)
+    assert needs_cgroup_rules(str(tmp_path)) == is_root()
     uid_map.write_text("         0       1000          1\n")   # a rootless userns
     assert needs_cgroup_rules(str(tmp_path)) is False
 
@@ -293,9 +294,6 @@ def test_load_retries_with_a_growing_verifier_log():
 
 # ---- the REAL kernel --------------------------------------------------------------
 
-requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to change cgroups")
-
-
 def _mounted(fstype, option=None):
     try:
         with open("/proc/self/mountinfo") as f:
@@ -389,8 +387,7 @@ def _rmdir(path):
 def nodes(tmp_path):
     """c 195:0, c 195:1 in a tmp dir (made from the test process, which is in the root
     cgroups and so may mknod), plus the real /dev/null."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to make device nodes")
+    require_root("to make device nodes")
     paths = {}
     for minor in (0, 1):
         p = str(tmp_path / f"nvidia{minor}")
@@ -427,9 +424,8 @@ def allowed_gpu(nodes):
 
 @pytest.fixture
 def v2_cgroup():
+    require_root("to change cgroups")
     root = _mounted("cgroup2")
-    if os.geteuid() != 0:
-        pytest.skip("needs root to change cgroups")
     if root is None:
         pytest.skip("no cgroup2 hierarchy mounted")
     if root != V2_ROOT and os.path.isdir(V2_ROOT):
@@ -494,7 +490,7 @@ def test_real_v2_without_program_changes_nothing(v2_cgroup, nodes):
     assert _attached(cg_fd) == (0, [])
 
 
-@requires_root
+@needs_root("to change cgroups")
 def test_real_v2_find_cgroup_of_a_member(v2_cgroup):
     path, _ = v2_cgroup
     member = Member(f"{path}/cgroup.procs")
@@ -510,8 +506,7 @@ def test_real_v2_find_cgroup_of_a_member(v2_cgroup):
 
 @pytest.fixture
 def v1_cgroup():
-    if os.geteuid() != 0:
-        pytest.skip("needs root to change cgroups")
+    require_root("to change cgroups")
     root = _mounted("cgroup", "devices")
     if root is None:
         pytest.skip("no cgroup v1 devices controller mounted")
@@ -574,7 +569,7 @@ def test_real_v1_failure_is_reported_and_undone(v1_cgroup):
         _rmdir(child)
 
 
-@requires_root
+@needs_root("to change cgroups")
 def test_real_verifier_accepts_our_programs_and_dumps_them_back_unchanged():
     # prepend_rules() relies on the xlated dump of a device filter being loadable as is:
     # cgroup device programs have no ctx rewriting (cg_dev_verifier_ops has no
@@ -592,7 +587,7 @@ def test_real_verifier_accepts_our_programs_and_dumps_them_back_unchanged():
             os.close(fd)
 
 
-@requires_root
+@needs_root("to change cgroups")
 def test_real_verifier_reason_is_in_the_error():
     bad = bpf.insn(0xb4, dst=0, imm=1)       # no exit
     with pytest.raises(OSError) as info:

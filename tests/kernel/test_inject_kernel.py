@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from tests.conftest import REPO, requires_root
+from tests.conftest import REPO, needs_root
 
-pytestmark = requires_root
+pytestmark = needs_root("mount namespaces, bind mounts, setpriv")
 
 SCRIPT = textwrap.dedent("""
     import os, sys

@@ -30,7 +30,7 @@ import pytest
 
 from tests.kernel.conftest import world_dir
 
-from tests.conftest import REPO, is_root
+from tests.conftest import REPO, needs_root
 from tests.fakehost import DEFAULT_DRIVER_VERSION, parse_devices, parse_kv
 
 LXC_EXECUTE = shutil.which("lxc-execute") or shutil.which("lxc-execute", path="/usr/bin:/usr/sbin")
@@ -38,8 +38,7 @@ PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 NO_NEWUIDMAP_PATH = "/usr/sbin:/sbin"      # newuidmap lives in /usr/bin
 SCRIPT = "probe devices; probe dlopen libcuda.so.1"
 
-needs_lxc = pytest.mark.skipif(not (is_root() and LXC_EXECUTE),
-                               reason="needs root and lxc (lxc-execute)")
+needs_lxc = pytest.mark.skipif(not LXC_EXECUTE, reason="needs lxc (lxc-execute)")
 
 BASE_CONFIG = """\
 lxc.uts.name = {name}
@@ -62,9 +61,12 @@ def work():
     d = world_dir("nvl-lxc-")
     os.mkdir(os.path.join(d, "lxcpath"))
     # the `nvlaunch` the hook line runs: this source tree, cwd kept off sys.path
+    # (its plan cache in the test's directory, not in the machine's /run/nvlaunch)
     wrapper = os.path.join(d, "nvlaunch")
+    os.mkdir(os.path.join(d, "xdg"), 0o700)
     with open(wrapper, "w") as f:
         f.write(f"#!/bin/sh\nexport PYTHONPATH={REPO} PYTHONSAFEPATH=1 PYTHONDONTWRITEBYTECODE=1\n"
+                f"export XDG_RUNTIME_DIR={d}/xdg\n"
                 f"exec {sys.executable} -m nvlaunch \"$@\"\n")
     os.chmod(wrapper, 0o755)
     yield d
@@ -94,10 +96,22 @@ def write_config(work, name, rootfs, block, extra="") -> str:
     return path
 
 
+LXC_RUN_DIR = "/run/lxc"        # root's LXC keeps lock files here, per lxcpath
+UNSHARE = shutil.which("unshare", path=PATH) or "unshare"
+MOUNT = shutil.which("mount", path=PATH) or "mount"
+
+
 def lxc_execute(work, name, config, path=PATH):
+    """lxc-execute in a private mount namespace whose /run/lxc is an empty tmpfs: LXC's
+    lock directories (/run/lxc/lock/<lxcpath>) are not left on the machine."""
     log = os.path.join(work, f"{name}.log")
-    r = subprocess.run([LXC_EXECUTE, "-n", name, "-P", os.path.join(work, "lxcpath"), "-f", config,
-                        "-o", log, "-l", "DEBUG", "--", "/bin/sh", "-c", SCRIPT],
+    os.makedirs(LXC_RUN_DIR, exist_ok=True)             # a mount point (only if missing)
+    # (absolute paths: `path` may leave /usr/bin out, see NO_NEWUIDMAP_PATH)
+    private = [UNSHARE, "--mount", "--propagation", "private", "/bin/sh", "-euc",
+               f'{MOUNT} -t tmpfs -o mode=0755,size=1m nvlaunch-test-lxc {LXC_RUN_DIR}; exec "$@"',
+               "sh"]
+    r = subprocess.run(private + [LXC_EXECUTE, "-n", name, "-P", os.path.join(work, "lxcpath"),
+                                  "-f", config, "-o", log, "-l", "DEBUG", "--", "/bin/sh", "-c", SCRIPT],
                        capture_output=True, text=True, timeout=120, cwd="/",
                        env={"PATH": path, "LANG": "C.UTF-8"})
     with open(log, errors="replace") as f:
@@ -194,6 +208,7 @@ def test_hook_void_does_nothing(fake, tmp_path):
 # ---------------------------------------------------------------- real containers
 
 
+@needs_root("lxc-execute")
 @needs_lxc
 def test_lxc_privileged_gpu0(fake, work, make_rootfs):
     name = _name("priv")
@@ -216,6 +231,7 @@ def test_lxc_privileged_gpu0(fake, work, make_rootfs):
     assert not os.path.exists(os.path.join(rootfs, f"dev/nvidia{gpu.minor}"))
 
 
+@needs_root("lxc-execute")
 @needs_lxc
 def test_lxc_without_setup_rules_gets_eperm(fake, work, make_rootfs):
     """The hook writes no cgroup rules: without setup's lines the bound node is denied."""
@@ -229,6 +245,7 @@ def test_lxc_without_setup_rules_gets_eperm(fake, work, make_rootfs):
     assert devs[f"/dev/nvidia{fake.gpus[0].minor}"]["open"] == "EPERM", r.stdout
 
 
+@needs_root("lxc-execute")
 @needs_lxc
 def test_lxc_void_container(fake, work, make_rootfs):
     name = _name("void")
@@ -241,6 +258,7 @@ def test_lxc_void_container(fake, work, make_rootfs):
     assert gpu_nodes(devs) == {} and "/dev/nvidiactl" not in devs, r.stdout
 
 
+@needs_root("lxc-execute")
 @needs_lxc
 def test_lxc_unprivileged_gpu0(fake, work, make_rootfs):
     name = _name("unpriv")

@@ -26,10 +26,10 @@ import tempfile
 
 import pytest
 
-from tests.conftest import REPO, TEST_USER, is_root, mounts_snapshot, tree_snapshot, user_exists
+from tests.conftest import REPO, TEST_USER, mounts_snapshot, needs_root, tree_snapshot, user_exists
 from tests.fakehost import SYSLIBS, build_fake_host, build_rootfs, parse_devices, parse_kv
 
-pytestmark = pytest.mark.skipif(not is_root(), reason="needs root (runc, cgroups, mknod)")
+pytestmark = needs_root("runc, cgroups, mknod")
 
 RUNC, CRUN, PODMAN = shutil.which("runc"), shutil.which("crun"), shutil.which("podman")
 needs_runc = pytest.mark.skipif(RUNC is None, reason="runc not installed")
@@ -38,6 +38,7 @@ needs_podman = pytest.mark.skipif(PODMAN is None or RUNC is None, reason="podman
 PODMAN_ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 PROBE = "probe devices; probe dlopen libcuda.so.1"
 V2_HYBRID = "/sys/fs/cgroup/unified"
+PLAN_CACHE_DIR = "/run/nvlaunch"            # nvlaunch's plan cache, as root without XDG_RUNTIME_DIR
 
 
 def _world_dir(prefix: str, mode: int = 0o755) -> str:
@@ -46,9 +47,12 @@ def _world_dir(prefix: str, mode: int = 0o755) -> str:
     return d
 
 
-def write_wrapper(path: str, python: str, pythonpath: str) -> str:
+def write_wrapper(path: str, python: str, pythonpath: str, runtime_dir: str | None = None) -> str:
+    """runtime_dir: the hook's XDG_RUNTIME_DIR, where its plan cache goes (for root: not
+    the machine's /run/nvlaunch)."""
+    xdg = f"XDG_RUNTIME_DIR={runtime_dir} " if runtime_dir else ""
     with open(path, "w") as f:
-        f.write(f"#!/bin/sh\nPYTHONPATH={pythonpath} exec {python} -m nvlaunch \"$@\"\n")
+        f.write(f"#!/bin/sh\n{xdg}PYTHONPATH={pythonpath} exec {python} -m nvlaunch \"$@\"\n")
     os.chmod(path, 0o755)
     return path
 
@@ -68,7 +72,9 @@ def host(moddir):
 @pytest.fixture(scope="module")
 def wrapper(moddir):
     """The hook executable for runtimes run by root: this venv's python and the repo."""
-    return write_wrapper(os.path.join(moddir, "nvlaunch-hook"), sys.executable, REPO)
+    xdg = os.path.join(moddir, "xdg")
+    os.makedirs(xdg, mode=0o700, exist_ok=True)
+    return write_wrapper(os.path.join(moddir, "nvlaunch-hook"), sys.executable, REPO, xdg)
 
 
 @pytest.fixture
@@ -342,10 +348,16 @@ def test_runtime_shim_adds_the_hook_once(work, host, wrapper, script, kind):
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": REPO,
            "NVLAUNCH_RUNTIME": RUNC, "NVLAUNCH_HOOK_PATH": hook, **host.env()}
     state = os.path.join(work, "state")
+    # The hook entry the shim writes has an env of its own (no XDG_RUNTIME_DIR): as root its
+    # plan cache would be the machine's /run/nvlaunch, so that is a private tmpfs here.
+    os.makedirs(PLAN_CACHE_DIR, mode=0o700, exist_ok=True)        # a mount point (if missing)
+    private = ["unshare", "--mount", "--propagation", "private", "sh", "-euc",
+               f'mount -t tmpfs -o mode=0700,size=4m nvlaunch-test-cache {PLAN_CACHE_DIR}; exec "$@"',
+               "sh"]
     for cid in ("s1", "s2"):
-        proc = subprocess.run([sys.executable, "-m", "nvlaunch", "runtime", "--root", state, "run",
-                               "--bundle", work, cid], env=env, capture_output=True, text=True,
-                              timeout=60, cwd="/")
+        proc = subprocess.run(private + [sys.executable, "-m", "nvlaunch", "runtime", "--root", state,
+                                         "run", "--bundle", work, cid], env=env, capture_output=True,
+                              text=True, timeout=60, cwd="/")
         subprocess.run([RUNC, "--root", state, "delete", "-f", cid], capture_output=True)
         assert proc.returncode == 0, proc.stderr
         expect_gpus(proc.stdout, host, [1])
@@ -480,8 +492,11 @@ def test_podman_root(work, host, wrapper):
     hooks = os.path.join(work, "hooks")
     _setup_podman(hooks, wrapper, host, sys.executable, REPO)
     rootfs = build_rootfs(os.path.join(work, "rootfs"))
+    # everything podman and runc keep in the test's directory, and no network set-up
+    # (bridge, netns, ipam): nothing of this run lands in /run or /var/lib
     cmd = [PODMAN, "--root", os.path.join(work, "storage"), "--runroot", os.path.join(work, "run"),
-           "--runtime", RUNC, "--hooks-dir", hooks, "run", "--rm", *PODMAN_ULIMITS,
+           "--tmpdir", os.path.join(work, "tmp"), "--runtime-flag", "root=" + os.path.join(work, "runc"),
+           "--runtime", RUNC, "--hooks-dir", hooks, "run", "--rm", "--net", "host", *PODMAN_ULIMITS,
            "-e", "NVIDIA_VISIBLE_DEVICES=0", "--rootfs", rootfs, "/bin/sh", "-c", PROBE]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

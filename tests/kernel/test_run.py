@@ -20,9 +20,9 @@ import time
 
 import pytest
 
-from tests.conftest import is_root, mounts_snapshot, tree_snapshot
+from tests.conftest import mounts_snapshot, needs_root, tree_snapshot
 
-pytestmark = pytest.mark.skipif(not is_root(), reason="needs root (to switch users, mount)")
+pytestmark = needs_root("to switch users, mount")
 
 SH = "/bin/sh"
 DEFAULT_CAPBND = 0x00000000a80425fb

@@ -7,10 +7,10 @@ import subprocess
 
 import pytest
 
-from tests.conftest import mounts_snapshot, requires_root, tree_snapshot
+from tests.conftest import mounts_snapshot, needs_root, tree_snapshot
 from tests.fakehost import SYSLIBS, build_fake_host, build_rootfs, parse_devices, parse_kv
 
-pytestmark = requires_root
+pytestmark = needs_root("mknod, to switch users")
 
 DRIVER = "580.159.04"
 

@@ -2,8 +2,10 @@
 schema in tests/data/cdi-schema.json), its devices, mounts and hook, the atomic --output,
 the YAML form; and the `nvlaunch ldcache` hook's work on a rootfs directory.
 
-Nothing here runs a container (tests/kernel/test_cdi.py does, with podman).  The fake
-host's device nodes need mknod, so most tests need root; they skip without it.
+Nothing here runs a container (tests/kernel/test_cdi.py does, with podman).  A spec names
+device nodes by path only (the runtime stats them), so the fake host here is built with
+stand_ins=True: real nodes as root, symlinks to /dev/null (character devices all the same)
+without root, and every test runs either way.
 """
 from __future__ import annotations
 
@@ -23,10 +25,7 @@ SCHEMA_PATH = os.path.join(REPO, "tests", "data", "cdi-schema.json")
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
-    fh = build_fake_host(str(tmp_path_factory.mktemp("cdi") / "host"), gpus=2)
-    if not fh.real_nodes:
-        pytest.skip("the fake host's device nodes need root (mknod)")
-    return fh
+    return build_fake_host(str(tmp_path_factory.mktemp("cdi") / "host"), gpus=2, stand_ins=True)
 
 
 @pytest.fixture(scope="module")
@@ -270,9 +269,7 @@ def test_mig_devices(tmp_path):
     from nvlaunch.oci.hooks import invocation
     from nvlaunch.render.cdi import build_spec
     from tests.fakehost import MAJOR_CAPS
-    fh = build_fake_host(str(tmp_path / "host"), gpus=2)
-    if not fh.real_nodes:
-        pytest.skip("needs root (mknod)")
+    fh = build_fake_host(str(tmp_path / "host"), gpus=2, stand_ins=True)
     gpu = fh.gpus[0]
     minors = dict(line.split() for line in
                   open(fh.path("/proc/driver/nvidia-caps/mig-minors")).read().splitlines())
@@ -283,8 +280,7 @@ def test_mig_devices(tmp_path):
         caps = []
         for key in (f"gpu{gpu.minor}/gi{gi}/access", f"gpu{gpu.minor}/gi{gi}/ci{ci}/access"):
             minor = int(minors[key])
-            node = fh.path(f"/dev/nvidia-caps/nvidia-cap{minor}")
-            os.mknod(node, 0o444 | stat.S_IFCHR, os.makedev(MAJOR_CAPS, minor))
+            fh.add_node(f"/dev/nvidia-caps/nvidia-cap{minor}", MAJOR_CAPS, minor, 0o444)
             open(f"{base}/{key.split('/', 1)[1]}", "a").close()      # the access file
             caps.append(f"/dev/nvidia-caps/nvidia-cap{minor}")
         want.append([f"/dev/nvidia{gpu.minor}"] + caps)

@@ -1,8 +1,10 @@
 """The fake GPU host (tests/fakehost.py) is shaped like the reference H200 host.
 
 These check the fixture itself, so other tests can trust it: SONAMEs and links, a real
-ld.so.cache with the compat decoy first, device nodes, /proc files in the driver's format,
-the fake libcuda / NVML / nvidia-smi behaviour, and the container rootfs.
+ld.so.cache with the compat decoy first, the device-node stand-ins made without root, /proc
+files in the driver's format, the fake libcuda / NVML / nvidia-smi behaviour, and the
+container rootfs.  No root needed: the real device nodes (mknod) are checked in
+tests/kernel/test_fakehost_nodes.py; chroot runs in a user namespace when not root.
 """
 import os
 import re
@@ -15,11 +17,9 @@ import time
 import pytest
 
 from tests import fakehost
-from tests.fakehost import (DRIVER_LIBS, build_fake_host, build_rootfs, default_gpus,
-                            parse_devices, parse_kv, probe_binary)
-
-ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not ROOT, reason="needs root (mknod, chroot)")
+from tests.conftest import chroot_cmd, is_root
+from tests.fakehost import (DRIVER_LIBS, build_fake_host, build_rootfs, default_gpus, parse_devices,
+                            parse_kv, probe_binary)
 
 
 @pytest.fixture
@@ -125,36 +125,45 @@ def test_without_decoy(tmp_path):
 
 # --- /dev ------------------------------------------------------------------------------------
 
-@needs_root
-def test_device_nodes(host):
-    def node(rel):
-        st = os.lstat(host.path(rel))
-        assert stat.S_ISCHR(st.st_mode), rel
-        return os.major(st.st_rdev), os.minor(st.st_rdev), stat.S_IMODE(st.st_mode), st.st_gid
-
-    assert node("/dev/nvidiactl") == (195, 255, 0o666, 0)
-    assert node("/dev/nvidia-modeset") == (195, 254, 0o666, 0)
-    assert node("/dev/nvidia-uvm") == (238, 0, 0o666, 0)
-    assert node("/dev/nvidia-uvm-tools") == (238, 1, 0o666, 0)
-    for g in host.gpus:
-        assert node(g.dev_path) == (195, g.minor, 0o666, 0)
-        assert node(f"/dev/dri/card{g.index}")[:2] == (226, g.index)
-        assert node(f"/dev/dri/renderD{128 + g.index}")[:2] == (226, 128 + g.index)
-        assert os.readlink(host.path(f"/dev/dri/by-path/pci-{g.bus_id}-card")) == f"../card{g.index}"
-    assert node("/dev/nvidia-caps/nvidia-cap1") == (241, 1, 0o400, 0)
-    assert node("/dev/nvidia-caps/nvidia-cap2") == (241, 2, 0o444, 0)
-    assert node("/dev/nvidia-caps-imex-channels/channel0")[:2] == (242, 0)
-    # the signal the fake driver relies on: no driver behind these majors here
-    with pytest.raises(OSError) as err:
-        os.close(os.open(host.path("/dev/nvidiactl"), os.O_RDWR))
-    assert err.value.errno == 6                                          # ENXIO
+NODES = ("/dev/nvidiactl", "/dev/nvidia-modeset", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
+         "/dev/nvidia-caps/nvidia-cap1", "/dev/nvidia-caps/nvidia-cap2",
+         "/dev/nvidia-caps-imex-channels/channel0")
 
 
-@needs_root
-def test_video_group_nodes(tmp_path):
-    h = build_fake_host(str(tmp_path / "h"), video_group_nodes=True)
-    st = os.stat(h.path("/dev/nvidia0"))
-    assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == fakehost._video_gid() != 0
+def _no_mknod(*args, **kw):
+    raise PermissionError(1, "Operation not permitted")
+
+
+@pytest.mark.parametrize("stand_ins", [False, True])
+def test_nodes_without_mknod(tmp_path, monkeypatch, stand_ins):
+    """Where mknod is refused (not root; forced here so root checks it too): empty regular
+    files, or symlinks to /dev/null, which stat() as a character device."""
+    monkeypatch.setattr(os, "mknod", _no_mknod)
+    h = build_fake_host(str(tmp_path / "h"), stand_ins=stand_ins)
+    assert not h.real_nodes and h.stand_in_nodes == stand_ins
+    paths = list(NODES) + [g.dev_path for g in h.gpus]
+    paths += [f"/dev/dri/card{g.index}" for g in h.gpus] + [f"/dev/dri/renderD{128 + g.index}" for g in h.gpus]
+    for rel in paths:
+        p = h.path(rel)
+        if stand_ins:
+            assert os.readlink(p) == fakehost.STAND_IN_NODE, rel
+            assert stat.S_ISCHR(os.stat(p).st_mode), rel
+        else:
+            assert stat.S_ISREG(os.lstat(p).st_mode) and os.path.getsize(p) == 0, rel
+    for g in h.gpus:                                 # the by-path links lead to them either way
+        assert os.readlink(h.path(f"/dev/dri/by-path/pci-{g.bus_id}-card")) == f"../card{g.index}"
+    cap = h.add_node("/dev/nvidia-caps/nvidia-cap9", fakehost.MAJOR_CAPS, 9, 0o444)
+    assert cap == h.path("/dev/nvidia-caps/nvidia-cap9")
+    assert os.path.islink(cap) == stand_ins and stat.S_ISREG(os.lstat(cap).st_mode) != stand_ins
+    # /dev/null itself is left as it was (a stand-in gets no chmod/chown)
+    assert stat.S_IMODE(os.stat("/dev/null").st_mode) == 0o666
+
+
+def test_rewrite_keeps_the_mode(host):
+    host.rewrite("/proc/driver/nvidia/version", "garbage\n")
+    p = host.path("/proc/driver/nvidia/version")
+    assert open(p).read() == "garbage\n"
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o444
 
 
 # --- /proc -----------------------------------------------------------------------------------
@@ -219,8 +228,9 @@ def test_proc_driver_files(host):
 
 # --- fake driver behaviour, on the host --------------------------------------------------------
 
-@needs_root
 def test_probe_loads_real_libcuda(host):
+    """Also without root: the fake drivers take a node that opens (an empty file here) as
+    present, like ENXIO from a real node without a driver."""
     env = {"LD_LIBRARY_PATH": host.lib_dir, **host.fake_sysroot_env()}
     out = parse_kv(run([probe_binary(), "dlopen", "libcuda.so.1"], env).stdout)
     assert out["dlopen"] == "ok" and out["version"] == host.driver_version
@@ -240,7 +250,6 @@ def test_probe_loads_real_libcuda(host):
     assert r.returncode == 2 and "dlopen=fail" in r.stdout
 
 
-@needs_root
 def test_nvidia_smi_lists_present_gpus_in_pci_order(tmp_path):
     h = build_fake_host(str(tmp_path / "h"), gpus=4)
     env = {"LD_LIBRARY_PATH": h.lib_dir, **h.fake_sysroot_env()}
@@ -258,16 +267,22 @@ def test_nvidia_smi_lists_present_gpus_in_pci_order(tmp_path):
     assert r.returncode != 0 and r.stdout.startswith("NVIDIA-SMI has failed")
 
 
-@needs_root
 def test_mode_denied_node_gives_cuinit_999():
-    """EACCES (node mode) is reported like the cgroup's EPERM: cuInit 999 and a reason."""
+    """EACCES (node mode) is reported like the cgroup's EPERM: cuInit 999 and a reason.
+    As root: root:video 0660 nodes, opened as nobody (not in video).  Without root the
+    nodes are our own files: mode 0 denies their owner."""
     d = tempfile.mkdtemp(prefix="nvlaunch-fakehost-")
     try:
         os.chmod(d, 0o755)
         h = build_fake_host(os.path.join(d, "h"), video_group_nodes=True)
         env = {"LD_LIBRARY_PATH": h.lib_dir, **h.fake_sysroot_env()}
-        r = run([probe_binary(), "dlopen", "libcuda.so.1"], env, user=65534, group=65534,
-                extra_groups=[])
+        if is_root():
+            kw = {"user": 65534, "group": 65534, "extra_groups": []}
+        else:
+            assert os.lstat(h.path("/dev/nvidiactl")).st_uid == os.geteuid()
+            os.chmod(h.path("/dev/nvidiactl"), 0)
+            kw = {}
+        r = run([probe_binary(), "dlopen", "libcuda.so.1"], env, **kw)
         assert parse_kv(r.stdout)["cuInit"] == "999"
         assert "nvidiactl" in r.stderr
     finally:
@@ -288,14 +303,13 @@ def test_env(host):
 
 # --- rootfs and the probe inside it --------------------------------------------------------------
 
-@needs_root
 @pytest.mark.parametrize("layout", ["debian", "lib64"])
 def test_rootfs_runs_shell_and_probe(tmp_path, layout):
     r = build_rootfs(str(tmp_path / "rootfs"), layout=layout)
     assert os.readlink(os.path.join(r, "bin/sh")) == "busybox"
-    out = run(["chroot", r, "/bin/sh", "-c", "echo hi"])
+    out = run(chroot_cmd(r, "/bin/sh", "-c", "echo hi"))
     assert out.stdout == "hi\n", out.stderr
-    ids = parse_kv(run(["chroot", r, "/usr/bin/probe", "ids"]).stdout)
+    ids = parse_kv(run(chroot_cmd(r, "/usr/bin/probe", "ids")).stdout)
     assert ids["uid"] == "0" and ids["euid"] == "0"
     if layout == "debian":
         assert os.path.isfile(os.path.join(r, "lib/x86_64-linux-gnu/libc.so.6"))
@@ -305,36 +319,6 @@ def test_rootfs_runs_shell_and_probe(tmp_path, layout):
         assert os.path.isfile(os.path.join(r, "usr/lib64/libc.so.6"))
     assert "video:x:44:" in open(os.path.join(r, "etc/group")).read()
     assert "1000" in open(os.path.join(r, "etc/passwd")).read()
-
-
-@needs_root
-def test_chroot_with_injected_driver_sees_gpus(tmp_path):
-    """What nvlaunch must achieve, done by hand: the fixture pieces fit together."""
-    h = build_fake_host(str(tmp_path / "host"))
-    r = build_rootfs(str(tmp_path / "rootfs"))
-    libdir = os.path.join(r, "usr/lib/x86_64-linux-gnu")
-    for lib in ("libcuda.so.1", "libnvidia-ml.so.1"):
-        shutil.copy(os.path.join(h.lib_dir, lib), os.path.join(libdir, lib))
-    shutil.copy(os.path.join(h.bin_dir, "nvidia-smi"), os.path.join(r, "usr/bin/nvidia-smi"))
-    shutil.copytree(h.path("/proc/driver"), os.path.join(r, "proc/driver"))
-    gpu = h.gpus[1]                                          # select only the second GPU
-    for rel in ("/dev/nvidiactl", "/dev/nvidia-uvm", gpu.dev_path):
-        st = os.stat(h.path(rel))
-        node = os.path.join(r, rel.lstrip("/"))
-        os.mknod(node, st.st_mode, st.st_rdev)
-        os.chmod(node, stat.S_IMODE(st.st_mode))                 # mknod obeys the umask
-
-    devs = parse_devices(run(["chroot", r, "/usr/bin/probe", "devices"]).stdout)
-    assert devs[gpu.dev_path] == {"type": "c", "major": 195, "minor": gpu.minor, "open": "ENXIO",
-                                  "mode": 0o666, "uid": 0, "gid": 0}
-    assert set(devs) == {"/dev/nvidiactl", "/dev/nvidia-uvm", gpu.dev_path}
-    out = parse_kv(run(["chroot", r, "/usr/bin/probe", "dlopen", "libcuda.so.1"]).stdout)
-    assert out["path"] == "/usr/lib/x86_64-linux-gnu/libcuda.so.1"
-    assert out["version"] == h.driver_version and out["cuInit"] == "0" and out["count"] == "1"
-    smi = run(["chroot", r, "/usr/bin/nvidia-smi", "-L"])
-    assert smi.stdout == f"GPU 0: NVIDIA H200 (UUID: {gpu.uuid})\n"
-    assert run(["chroot", r, "/usr/bin/probe", "open", "/dev/nvidia-uvm"]).stdout == \
-        "path=/dev/nvidia-uvm open=ENXIO\n"
 
 
 def test_parse_helpers():

@@ -435,7 +435,7 @@ def bwrap_args(plan: dict | None, root: str, host, work: str, tag: str, rootfs: 
                 args += ["--ro-bind", dst, m["path"]]
     if plan.get("ldcache"):          # nvlaunch writes a merged ld.so.cache: bind a prebuilt one
         try:
-            from nvlaunch.exec.ldcache_writer import merged_cache
+            from nvlaunch.host.container import merged_cache
             data = merged_cache(rootfs, [tuple(p) for p in plan["ldcache"]])
             cache = os.path.join(data_dir, "ld.so.cache")
             with open(cache, "wb") as f:

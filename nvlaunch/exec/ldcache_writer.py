@@ -12,7 +12,7 @@ import os
 from nvlaunch.core.errors import ContainerPathError
 from nvlaunch.exec.inroot import make_in_root, mkdirs_in_root, open_in_root, write_new
 from nvlaunch.host import ldcache
-from nvlaunch.host.container import container_cache
+from nvlaunch.host.container import merged_entries
 from nvlaunch.kernel.real import REAL
 
 TYPE_CHECKING = False
@@ -29,24 +29,6 @@ SYSTEM_LIBDIRS = frozenset({"/lib", "/usr/lib", "/lib64", "/usr/lib64",
                             "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"})
 LD_SO_CONF_D = "/etc/ld.so.conf.d"
 CONF_NAME = "00-nvlaunch.conf"
-
-LIB = ldcache.FLAG_ELF_LIBC6 | ldcache.FLAG_X8664_LIB64
-LIB32 = ldcache.FLAG_ELF_LIBC6 | ldcache.FLAG_I386
-
-
-def merged_entries(existing: list[ldcache.CacheEntry], pairs: LdPairs) -> list[ldcache.CacheEntry]:
-    """Our (soname, container path, is_32bit) pairs first, then the container's entries."""
-    ours = [ldcache.CacheEntry(key=soname, value=path, flags=LIB32 if is32 else LIB)
-            for soname, path, is32 in pairs]
-    taken = {(e.key, e.value) for e in ours}
-    return ours + [e for e in existing if (e.key, e.value) not in taken]
-
-
-def merged_cache(root: str, pairs: LdPairs) -> bytes:
-    """A new cache for the rootfs at host path `root` (its current cache kept; without
-    one, ours alone still works)."""
-    return ldcache.build(merged_entries(container_cache(root), pairs))
-
 
 def write_in_root(kernel: Kernel, rootfd: int, pairs: LdPairs) -> None:
     """Replace /etc/ld.so.cache inside the root at `rootfd` atomically (hooks)."""

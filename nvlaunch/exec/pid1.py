@@ -78,7 +78,7 @@ def container_init(cfg: RunConfig, kernel: Kernel, forwarder: Forwarder,
     real_root = is_initial_root()
     # Everything I and W import must be imported before pivot_root hides the host.
     if cfg.plan.ldcache:
-        import nvlaunch.exec.ldcache_writer  # noqa: F401  (runroot writes the merged cache)
+        import nvlaunch.host.ldcache  # noqa: F401  (runroot builds the merged cache with it)
     if cfg.net == "none":
         from pyroute2 import IPRoute  # noqa: F401
     if cfg.debug:

@@ -34,7 +34,8 @@ from nvlaunch.core import consts as C
 from nvlaunch.core import errors as E
 from nvlaunch.core.records import record
 from nvlaunch.exec.mounts import TMPFS_FLAGS, bind, mount, tmpfs_place
-from nvlaunch.host.inroot import resolve_in_root
+from nvlaunch.host.container import merged_cache
+from nvlaunch.host.inroot import Resolver, resolve_in_root
 from nvlaunch.plan.records import (BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile,
                                    bind_flags, bind_wanted)
 
@@ -158,20 +159,27 @@ class RootBuilder:
 
     def __init__(self, kernel: Kernel, layout: Layout, lower: str):
         self.kernel, self.layout, self.lower = kernel, layout, lower
+        # One resolver for the whole layout: the rootfs does not change while we build
+        # beside it (everything goes to the upper layer), so each of its directories
+        # is looked at once however many entries share it.
+        self.in_lower = Resolver(lower)
+
+    def lower_path(self, container_path: str) -> str:
+        """Where `container_path` lands inside the rootfs (links followed inside it)."""
+        return self.in_lower.canonical(container_path)
 
     # -- the upper layer
 
     def prepare(self, container_path: str, kind: str, mode: int = 0o755,
                 target: str | None = None, data: bytes | None = None) -> None:
         """Make `kind` at the upper-layer path that `container_path` lands on."""
-        path = self.layout.upper + resolve_in_root(self.lower, container_path)
+        path = self.layout.upper + self.lower_path(container_path)
         self.mkdirs_like(path.rpartition("/")[0])
         k = self.kernel
         if kind in ("dir", "tmpfs"):
             self.mkdirs_like(path, mode)
         elif kind == "file":
-            if not os.path.lexists(path):
-                k.close(k.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+            k.close(k.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
         elif kind == "link":
             assert target is not None       # a link is made with its target
             if os.path.lexists(path):
@@ -265,7 +273,7 @@ def build_root(cfg: RunConfig, kernel: Kernel, layout: Layout, rootless: bool,
     # 2. The upper layer, before the overlay exists.
     b.copy_attrs(lower, layout.upper)       # the merged "/" keeps the rootfs's mode and owner
     for d, mode in ROOT_DIRS:
-        if not os.path.isdir(lower + resolve_in_root(lower, d)):
+        if not os.path.isdir(lower + b.lower_path(d)):
             b.prepare(d, "dir", mode)
     # /tmp always lives in our layer: with the rootfs's mode, but owned by us where its
     # owner is not mapped, so that it stays writable (a copy-up of a directory whose
@@ -278,8 +286,6 @@ def build_root(cfg: RunConfig, kernel: Kernel, layout: Layout, rootless: bool,
                       data=getattr(e, "data", None))
     mark("layer")
     if cfg.plan.ldcache:
-        # loaded by PID 1 before the first pivot hid the host's files (only when needed)
-        from nvlaunch.exec.ldcache_writer import merged_cache
         b.prepare("/etc/ld.so.cache", "data", 0o644, data=merged_cache(lower, cfg.plan.ldcache))
         mark("ldcache")
     for ub in cfg.binds:
@@ -288,7 +294,7 @@ def build_root(cfg: RunConfig, kernel: Kernel, layout: Layout, rootless: bool,
             raise E.UsageError(f"--bind {ub.src}:{ub.dst}: {ub.src}: no such file or directory")
         b.prepare(ub.dst, "dir" if os.path.isdir(src) else "file")
     if cfg.workdir != "/":
-        there = lower + resolve_in_root(lower, cfg.workdir)
+        there = lower + b.lower_path(cfg.workdir)
         if os.path.lexists(there) and not os.path.isdir(there):
             raise E.UsageError(f"--workdir {cfg.workdir}: not a directory in the rootfs")
         b.prepare(cfg.workdir, "dir")

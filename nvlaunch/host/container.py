@@ -1,5 +1,5 @@
-"""What a container rootfs holds, read inside it: its library directory, its ld.so.cache,
-which system libraries it has.
+"""What a container rootfs holds, read inside it: its library directory, its ld.so.cache
+(and the merged one it gets: ours first, then its own), which system libraries it has.
 
 A rootfs is hostile: every path is resolved inside it (host.inroot) and nothing here
 follows a link out of it.  Reads only; the writers are in exec/.
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from nvlaunch.host import ldcache
 
+    LdPairs = Iterable[tuple[str, str, bool]]   # (soname, container path, 32-bit)
 
 # Where a container keeps its libraries: Debian/Ubuntu multiarch, else the lib64 layout
 # (libnvidia-container decides on /etc/debian_version the same way).
@@ -85,3 +86,21 @@ def proc_mounted(root: str) -> bool:
     except ContainerPathError:
         return False
     return os.path.islink(root.rstrip("/") + where + "/self")
+
+
+def merged_entries(existing: list[ldcache.CacheEntry], pairs: LdPairs) -> list[ldcache.CacheEntry]:
+    """Our (soname, container path, is_32bit) pairs first, then the container's entries."""
+    from nvlaunch.host import ldcache
+    lib = ldcache.FLAG_ELF_LIBC6 | ldcache.FLAG_X8664_LIB64
+    lib32 = ldcache.FLAG_ELF_LIBC6 | ldcache.FLAG_I386
+    ours = [ldcache.CacheEntry(key=soname, value=path, flags=lib32 if is32 else lib)
+            for soname, path, is32 in pairs]
+    taken = {(e.key, e.value) for e in ours}
+    return ours + [e for e in existing if (e.key, e.value) not in taken]
+
+
+def merged_cache(root: str, pairs: LdPairs) -> bytes:
+    """A new cache for the rootfs at host path `root` (its current cache kept; without
+    one, ours alone still works)."""
+    from nvlaunch.host import ldcache
+    return ldcache.build(merged_entries(container_cache(root), pairs))

@@ -124,9 +124,31 @@ def probe(path: str, kind: str) -> Probe:
         return None
 
 
-def fingerprint(reads: dict[str, str]) -> tuple[tuple[str, Probe], ...]:
-    """probe() of every read, in path order."""
-    return tuple((path, probe(path, kind)) for path, kind in sorted(reads.items()))
+def fingerprint(reads: dict[str, str] | tuple[tuple[str, str], ...]) -> tuple[Probe, ...]:
+    """probe() of every read, in path order (a dict is sorted; a tuple of (path, kind)
+    pairs, as the plan cache stores them, is taken in its order).  A hit of the plan
+    cache checks a hundred paths or so, so the node case is probe() inlined."""
+    items = sorted(reads.items()) if isinstance(reads, dict) else reads
+    lstat = os.lstat
+    out: list[Probe] = []
+    append = out.append
+    for path, kind in items:
+        if kind != "node":
+            append(probe(path, kind))
+            continue
+        try:
+            st = lstat(path)
+        except (OSError, ValueError):
+            append(None)
+            continue
+        fmt = st.st_mode & 0o170000
+        if fmt == stat.S_IFDIR or fmt == stat.S_IFSOCK:
+            append((st.st_mode, st.st_ino))
+        elif fmt == stat.S_IFCHR or fmt == stat.S_IFBLK:
+            append((st.st_mode, st.st_ino, st.st_rdev))
+        else:
+            append((st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 def is_initial_root(proc_root: str = "/") -> bool:

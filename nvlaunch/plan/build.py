@@ -191,7 +191,7 @@ def _proc_view(host: HostView, selection: Selection) -> list[Entry]:
             text = text.replace("ModifyDeviceFiles: 1", "ModifyDeviceFiles: 0")
         out.append(WriteFile(f"{PROC_NVIDIA}/{name}", text.encode(), 0o444))
     for gpu in selection.gpus:
-        src = host.proc(f"{PROC_NVIDIA}/gpus/{gpu.bus_id}")
+        src = host.proc(f"{PROC_NVIDIA}/gpus/{gpu.bus_id}", "names")
         out.append(BindDir(src, f"{PROC_NVIDIA}/gpus/{gpu.bus_id}", readonly=True, recursive=False,
                            policy=REQUIRED))
     return out

@@ -45,10 +45,17 @@ if TYPE_CHECKING:
 FORMAT = 2
 MAX_PLANS = 64
 ENV_NO_CACHE = "NVLAUNCH_NO_CACHE"
+REQUIRE_PREFIX = "NVIDIA_REQUIRE_"
 _RECORDS = {cls.__name__: cls for cls in (P.BindFile, P.BindDir, P.BindDevice, P.Symlink,
                                            P.WriteFile, P.Tmpfs)}
 # The packages whose code decides what a plan holds.
-_CODE_DIRS = ("core", "host", "plan")
+# The modules whose code decides what a plan holds (tests/unit/test_plancache.py checks
+# that every module a plan build loads is here): a new nvlaunch makes new plans.
+CODE = ("core/records.py", "core/errors.py", "core/consts.py", "host/view.py", "host/inroot.py", "host/ldcache.py",
+        "host/elf.py", "host/driver.py", "host/driver_files.py", "host/gpus.py", "host/syslibs.py",
+        "host/cuda.py", "host/container.py", "plan/records.py", "plan/request.py",
+        "plan/capabilities.py", "plan/selection.py", "plan/require.py", "plan/build.py",
+        "plan/cache.py")
 
 
 def cache_dir(create: bool = True) -> str | None:
@@ -76,20 +83,17 @@ def cache_dir(create: bool = True) -> str | None:
     return path
 
 
-def _code_key() -> tuple[tuple[str | int | None, ...], ...]:
-    """(name, size, mtime) of every module of the packages that build plans."""
+def _code_key() -> tuple[tuple[str, int, int] | None, ...]:
+    """(size, mtime) of each CODE module."""
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out: list[tuple[str | int | None, ...]] = []
-    for sub in _CODE_DIRS:
+    out: list[tuple[str, int, int] | None] = []
+    for name in CODE:
         try:
-            with os.scandir(os.path.join(pkg, sub)) as it:
-                for e in it:
-                    if e.name.endswith(".py"):
-                        st = e.stat()
-                        out.append((sub, e.name, st.st_size, st.st_mtime_ns))
+            st = os.stat(os.path.join(pkg, name))
+            out.append((name, st.st_size, st.st_mtime_ns))
         except OSError:
-            out.append((sub, None))
-    return tuple(sorted(out, key=repr))
+            out.append(None)
+    return tuple(out)
 
 
 def key(host: HostView, request: Request, libdir: str | None) -> Key:
@@ -121,14 +125,16 @@ def load(k: Key) -> P.Plan | None:
     if stored_key != k:
         return None
     try:
-        if fingerprint(dict(reads)) != seen:
+        if fingerprint(reads) != seen:
             return None
         return _decode(data)
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def store(k: Key, reads: dict[str, str], seen: tuple[tuple[str, Probe], ...], plan: P.Plan) -> None:
+def store(k: Key, reads: tuple[tuple[str, str], ...], seen: tuple[Probe, ...], plan: P.Plan) -> None:
+    """Keep `plan` under key `k` with the reads it was built from ((path, kind) pairs in
+    path order) and what they saw (host.view.fingerprint)."""
     if os.environ.get(ENV_NO_CACHE) == "1":
         return
     directory = cache_dir()
@@ -139,7 +145,7 @@ def store(k: Key, reads: dict[str, str], seen: tuple[tuple[str, Probe], ...], pl
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(marshal.dumps((k, tuple(sorted(reads.items())), seen, _encode(plan))))
+            f.write(marshal.dumps((k, reads, seen, _encode(plan))))
         os.rename(tmp, path)
     except (OSError, ValueError):
         try:
@@ -179,18 +185,18 @@ def drop(k: Key) -> None:
 
 def checked_plan(request: Request, host: HostView, libdir: str | None) -> P.Plan:
     """A new plan for `request`, its NVIDIA_REQUIRE_* conditions checked first."""
-    # Imported here, on a miss only: discovery, the builder and the requirement grammar
-    # (which needs `re` and `typing`) cost more than a whole launch that hits.
-    from nvlaunch.host import cuda
+    # Imported here, on a miss only: discovery and the builder cost more than a whole
+    # launch that hits; the requirement grammar (it needs `re`) and libcuda only for a
+    # request that has requirements.
     from nvlaunch.host.driver import discover
-    from nvlaunch.plan import require
     from nvlaunch.plan.build import build_plan
     if request.void:
         return P.Plan()
     driver = discover(host)
-    env = dict(request.env)
-    if require.requirements(env):
-        require.check(env, driver.version, lambda: cuda.cuda_driver_version(driver))
+    if any(k.startswith(REQUIRE_PREFIX) for k, _ in request.env):
+        from nvlaunch.host import cuda
+        from nvlaunch.plan import require
+        require.check(dict(request.env), driver.version, lambda: cuda.cuda_driver_version(driver))
     return build_plan(request, host, libdir, driver=driver)
 
 
@@ -203,8 +209,9 @@ def cached_plan(request: Request, host: HostView, libdir: str | None) -> tuple[P
     if plan is None:
         recording = host.recording()
         plan = checked_plan(request, recording, libdir)
-        reads = recording.reads or {}
-        store(k, reads, fingerprint(reads), plan)
+        if os.environ.get(ENV_NO_CACHE) != "1":
+            reads = tuple(sorted((recording.reads or {}).items()))
+            store(k, reads, fingerprint(reads), plan)
     return plan, k
 
 

@@ -165,3 +165,24 @@ def test_cache_is_bounded_and_keeps_the_newest(setup, tmp_path, monkeypatch):
     left = sorted(os.listdir(tmp_path / "run" / "nvlaunch"))
     assert len(left) == 4, left
     assert [plancache.load(k) is not None for k in keys] == [False] * 3 + [True] * 4
+
+
+def test_the_code_key_covers_every_module_a_plan_build_loads(setup):
+    """A new nvlaunch must make new plans: every module that building one imports is in
+    plan.cache.CODE, whose files' identities are part of the key."""
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    h, host = setup
+    code = ("import sys\nfrom nvlaunch.host.view import HostView\nfrom nvlaunch.plan import cache\n"
+            "from nvlaunch.plan.request import Request\nbefore = set(sys.modules)\n"
+            f"cache.checked_plan(Request('all', 'all', env=(('NVIDIA_REQUIRE_DRIVER', 'driver>=1'),)),"
+            f" HostView(*{host.roots!r}), '/usr/lib/x86_64-linux-gnu')\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('nvlaunch.')"
+            " and hasattr(sys.modules[m], '__file__'))))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    loaded = {m[len("nvlaunch."):].replace(".", "/") + ".py" for m in r.stdout.split()}
+    loaded = {m for m in loaded if not m.endswith("__init__.py") and m.split("/")[0] in ("core", "host", "plan")}
+    missing = loaded - set(plancache.CODE)
+    assert not missing, f"plan.cache.CODE lacks {sorted(missing)}"

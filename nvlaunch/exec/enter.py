@@ -19,8 +19,8 @@ def inject_in_namespaces(plan: Plan, rootfs: str, ns: Namespaces) -> int:
     """fork; the child joins `ns`, injects, and reports over a pipe "OK <n>" (n paths
     created) or an error record (errors.pack_error).  Returns n; raises the child's
     error with its exit code and errno."""
-    trace = log.on      # a traceback in the record only for --debug / NVLAUNCH_DEBUG*:
-    if trace:           # importing traceback costs the hook ~10 ms, and the child must
+    with_trace = log.on   # a traceback in the record only for --debug / NVLAUNCH_DEBUG*:
+    if with_trace:        # importing traceback costs the hook ~10 ms, and the child must
         import traceback  # noqa: F401 - have it before setns (it cannot import after)
     r, w = os.pipe2(os.O_CLOEXEC)
     sys.stdout.flush()
@@ -32,7 +32,7 @@ def inject_in_namespaces(plan: Plan, rootfs: str, ns: Namespaces) -> int:
             ns.enter(REAL)
             data = b"OK %d" % len(inject(plan, rootfs, REAL).created)
         except BaseException as exc:    # noqa: BLE001 - everything goes to the parent
-            data = E.pack_error(exc, trace=trace)
+            data = E.pack_error(exc, trace=with_trace)
         try:
             while data:
                 data = data[os.write(w, data):]

@@ -51,11 +51,11 @@ _RECORDS = {cls.__name__: cls for cls in (P.BindFile, P.BindDir, P.BindDevice, P
 # The packages whose code decides what a plan holds.
 # The modules whose code decides what a plan holds (tests/unit/test_plancache.py checks
 # that every module a plan build loads is here): a new nvlaunch makes new plans.
-CODE = ("core/records.py", "core/errors.py", "core/consts.py", "host/view.py", "host/inroot.py", "host/ldcache.py",
-        "host/elf.py", "host/driver.py", "host/driver_files.py", "host/gpus.py", "host/syslibs.py",
-        "host/cuda.py", "host/container.py", "plan/records.py", "plan/request.py",
-        "plan/capabilities.py", "plan/selection.py", "plan/require.py", "plan/build.py",
-        "plan/cache.py")
+CODE = ("core/records.py", "core/errors.py", "core/consts.py",
+        "host/view.py", "host/inroot.py", "host/ldcache.py", "host/elf.py", "host/driver.py",
+        "host/driver_files.py", "host/gpus.py", "host/syslibs.py", "host/cuda.py", "host/container.py",
+        "plan/records.py", "plan/request.py", "plan/capabilities.py", "plan/selection.py",
+        "plan/require.py", "plan/build.py", "plan/cache.py")
 
 
 def cache_dir(create: bool = True) -> str | None:

@@ -69,9 +69,14 @@ def record(cls: type[T]) -> type[T]:
                             if k not in names and k not in ("__dict__", "__weakref__", "__annotations__")}
     post_init = body.pop("__post_init__", None)
 
+    tail = tuple(defaults)
+    required = n - len(tail)
+
     def __new__(klass: type[Any], *args: Any, **kwargs: Any) -> Any:
-        if kwargs or len(args) != n:
+        if kwargs or not required <= len(args) <= n:
             args = _bind(klass, args, kwargs)
+        elif len(args) < n:                    # positional, the rest defaulted
+            args = args + tail[len(args) - required:]
         self = _tuple_new(klass, args)
         if post_init is not None:
             post_init(self)

@@ -59,3 +59,15 @@ def test_records_need_no_collections():
     r = subprocess.run([sys.executable, "-S", "-c", code], cwd=REPO, capture_output=True, text=True,
                        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": REPO})
     assert r.returncode == 0, r.stderr
+
+
+def test_arguments_bind_as_a_function_call_would():
+    assert BindFile("/a", "/b") == BindFile("/a", "/b", True, "required")
+    assert BindFile("/a", "/b", False) == BindFile("/a", "/b", False, "required")
+    assert BindFile("/a", dst="/b", policy="optional").policy == "optional"
+    assert BindFile(src="/a", dst="/b").readonly is True
+    for args, kwargs in ((("/a",), {}), (("/a", "/b", True, "x", 5), {}), (("/a", "/b"), {"src": "/c"}),
+                         (("/a", "/b"), {"nope": 1})):
+        with pytest.raises(TypeError):
+            BindFile(*args, **kwargs)
+    assert repr(Symlink("t", "/l")) == "Symlink(target='t', link='/l')"

@@ -145,44 +145,65 @@ class Nvlaunch:
 
 
 @pytest.fixture(scope="session")
-def root_runtime_dir():
-    """XDG_RUNTIME_DIR of nvlaunch run as root by the tests: its plan cache goes here
-    rather than to the machine's /run/nvlaunch."""
-    d = tempfile.mkdtemp(prefix="nvlaunch-xdg-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+def runtime_dirs():
+    """runtime_dirs(user) -> an XDG_RUNTIME_DIR of the tests' own for that user (None:
+    root), mode 0700 and owned by them: nvlaunch's plan cache goes there rather than to
+    the machine's /run/nvlaunch or /tmp/nvlaunch-UID.  All removed after the session."""
+    parent = tempfile.mkdtemp(prefix="nvlaunch-xdg-")
+    os.chmod(parent, 0o755)
+    made: dict = {}
+
+    def get(user=None):
+        if user not in made:
+            d = os.path.join(parent, user or "root")
+            os.mkdir(d, 0o700)
+            if user:
+                pw = pwd.getpwnam(user)
+                os.chown(d, pw.pw_uid, pw.pw_gid)
+            made[user] = d
+        return made[user]
+    yield get
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture
+def root_runtime_dir(runtime_dirs):
+    """The XDG_RUNTIME_DIR of nvlaunch run as root by the tests."""
+    return runtime_dirs(None)
+
+
+def _user_nvlaunch(stage_dir, runtime_dirs, user=TEST_USER, group=None):
+    if not user_exists(user):
+        pytest.skip(f"no user {user}; run scripts/bootstrap.sh")
+    return Nvlaunch(user, stage_dir, env={"XDG_RUNTIME_DIR": runtime_dirs(user)}, group=group)
 
 
 @pytest.fixture(params=["root", "user"])
-def nvl(request, stage_dir, root_runtime_dir):
+def nvl(request, stage_dir, runtime_dirs):
     """nvlaunch as root, and as the unprivileged test user."""
     require_root("to switch users")
     if request.param == "root":
-        return Nvlaunch(None, None, env={"XDG_RUNTIME_DIR": root_runtime_dir})
-    if not user_exists(TEST_USER):
-        pytest.skip(f"no user {TEST_USER}; run scripts/bootstrap.sh")
-    return Nvlaunch(TEST_USER, stage_dir)
+        return Nvlaunch(None, None, env={"XDG_RUNTIME_DIR": runtime_dirs(None)})
+    return _user_nvlaunch(stage_dir, runtime_dirs)
 
 
 @pytest.fixture
-def nvl_root(root_runtime_dir):
+def nvl_root(runtime_dirs):
     require_root("nvlaunch as root")
-    return Nvlaunch(None, None, env={"XDG_RUNTIME_DIR": root_runtime_dir})
+    return Nvlaunch(None, None, env={"XDG_RUNTIME_DIR": runtime_dirs(None)})
 
 
 @pytest.fixture
-def nvl_user(stage_dir):
+def nvl_user(stage_dir, runtime_dirs):
     require_root("to switch users")
-    if not user_exists(TEST_USER):
-        pytest.skip(f"no user {TEST_USER}; run scripts/bootstrap.sh")
-    return Nvlaunch(TEST_USER, stage_dir)
+    return _user_nvlaunch(stage_dir, runtime_dirs)
 
 
 @pytest.fixture
-def nvl_nobody(stage_dir):
+def nvl_nobody(stage_dir, runtime_dirs):
     """An unprivileged user with no subordinate ids: the single-id map path."""
     require_root("to switch users")
-    return Nvlaunch("nobody", stage_dir, group="nogroup")
+    return _user_nvlaunch(stage_dir, runtime_dirs, "nobody", "nogroup")
 
 
 def mounts_snapshot() -> list:

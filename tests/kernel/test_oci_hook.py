@@ -350,18 +350,23 @@ def test_runtime_shim_adds_the_hook_once(work, host, wrapper, script, kind):
     state = os.path.join(work, "state")
     # The hook entry the shim writes has an env of its own (no XDG_RUNTIME_DIR): as root its
     # plan cache would be the machine's /run/nvlaunch, so that is a private tmpfs here.
-    os.makedirs(PLAN_CACHE_DIR, mode=0o700, exist_ok=True)        # a mount point (if missing)
+    made_mount_point = not os.path.isdir(PLAN_CACHE_DIR)       # removed again afterwards
+    os.makedirs(PLAN_CACHE_DIR, mode=0o700, exist_ok=True)
     private = ["unshare", "--mount", "--propagation", "private", "sh", "-euc",
                f'mount -t tmpfs -o mode=0700,size=4m nvlaunch-test-cache {PLAN_CACHE_DIR}; exec "$@"',
                "sh"]
-    for cid in ("s1", "s2"):
-        proc = subprocess.run(private + [sys.executable, "-m", "nvlaunch", "runtime", "--root", state,
-                                         "run", "--bundle", work, cid], env=env, capture_output=True,
-                              text=True, timeout=60, cwd="/")
-        subprocess.run([RUNC, "--root", state, "delete", "-f", cid], capture_output=True)
-        assert proc.returncode == 0, proc.stderr
-        expect_gpus(proc.stdout, host, [1])
-        expect_libcuda(proc.stdout)
+    try:
+        for cid in ("s1", "s2"):
+            proc = subprocess.run(private + [sys.executable, "-m", "nvlaunch", "runtime", "--root",
+                                             state, "run", "--bundle", work, cid], env=env,
+                                  capture_output=True, text=True, timeout=60, cwd="/")
+            subprocess.run([RUNC, "--root", state, "delete", "-f", cid], capture_output=True)
+            assert proc.returncode == 0, proc.stderr
+            expect_gpus(proc.stdout, host, [1])
+            expect_libcuda(proc.stdout)
+    finally:
+        if made_mount_point:
+            os.rmdir(PLAN_CACHE_DIR)
     with open(os.path.join(work, "config.json")) as f:
         hooks = json.load(f)["hooks"]
     assert len(hooks["prestart"]) == 1

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 
+from nvlaunch.core import jsonread
+from nvlaunch.core.errors import UsageError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -40,8 +43,6 @@ def write_atomic(path: str, data: str | bytes, mode: int | None = None) -> None:
 
 def load_json_object(path: str) -> dict[str, Any]:
     """A JSON object from `path`; UsageError naming the file otherwise."""
-    from nvlaunch.core import jsonread
-    from nvlaunch.core.errors import UsageError
     try:
         with open(path, "rb") as f:
             data = jsonread.loads(f.read())

@@ -708,7 +708,8 @@ import os, sys, time        # nothing else before the clock: json would preload 
 t0 = time.monotonic_ns()
 import nvlaunch.cli
 t1 = time.monotonic_ns()
-from nvlaunch.exec.launch import RunConfig, run
+from nvlaunch.exec.launch import run
+from nvlaunch.exec.runroot import RunConfig
 from nvlaunch.plan.records import Plan
 from nvlaunch.plan.request import Request
 from nvlaunch.plan.build import build_plan

@@ -26,7 +26,7 @@ import sys
 from nvlaunch.core import consts as C
 from nvlaunch.core import errors as E
 from nvlaunch.exec.pid1 import FORWARDED_SIGNALS, Forwarder, container_init, exit_code
-from nvlaunch.exec.runroot import RunConfig, UserBind
+from nvlaunch.exec.runroot import RunConfig
 from nvlaunch.kernel.real import REAL
 
 TYPE_CHECKING = False
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from nvlaunch.core.timings import Timings
     from nvlaunch.kernel.protocol import Kernel
 
-__all__ = ["RunConfig", "UserBind", "run", "exit_code"]
+__all__ = ["run"]
 
 
 def run(cfg: RunConfig, kernel: Kernel | None = None, timings: Timings | None = None) -> int:

@@ -8,7 +8,8 @@ import time
 
 from nvlaunch.core.argv import int_opt, parse_opts
 from nvlaunch.core.errors import EXIT_SETUP, NvlaunchError, UsageError
-from nvlaunch.exec.launch import RunConfig, UserBind, run
+from nvlaunch.exec.launch import run
+from nvlaunch.exec.runroot import RunConfig, UserBind
 from nvlaunch.plan.records import Plan
 
 # Imported where used (timings, --dry-run, a GPU request): each module on the way to a

@@ -721,7 +721,7 @@ plan = build_plan(Request(gpus="all", capabilities="all", env=()), host, contain
 t3 = time.monotonic_ns()
 plan2 = build_plan(Request(gpus="all", capabilities="all", env=()), host, container_libdir(sys.argv[1]))
 t4 = time.monotonic_ns()
-import nvlaunch.kernel.real, prctl
+import nvlaunch.kernel.real
 t5 = time.monotonic_ns()
 cached = None
 try:
@@ -739,7 +739,7 @@ json.dump({"import nvlaunch.cli": (t1 - t0) / 1e6,
            "imports of run (launch, build, plan, ...)": (t2 - t1) / 1e6,
            "discovery + plan (first, incl. lazy imports)": (t3 - t2) / 1e6,
            "discovery + plan (again, warm)": (t4 - t3) / 1e6,
-           "imports after prepare (kernel/_ns, prctl)": (t5 - t4) / 1e6,
+           "imports after prepare (kernel/_ns)": (t5 - t4) / 1e6,
            "plan cache key + load (hit), where nvlaunch has one": cached,
            "entries": len(plan.entries)}, sys.stdout)
 """

@@ -21,12 +21,12 @@ id -nG nvltest | grep -qw video || usermod -aG video nvltest
 grep -q '^nvltest:' /etc/subuid 2>/dev/null || echo "nvltest:200000:65536" >> /etc/subuid
 grep -q '^nvltest:' /etc/subgid 2>/dev/null || echo "nvltest:200000:65536" >> /etc/subgid
 PY=/usr/bin/python3
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import Cython, pytest, prctl, pyroute2, pynvml, jsonschema, wheel, mypy' 2>/dev/null \
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import Cython, pytest, pyroute2, pynvml, jsonschema, wheel, mypy' 2>/dev/null \
     || [ ! -x .venv/bin/ruff ]; then
   $PY -m venv .venv
   .venv/bin/pip install -q --upgrade pip
   # ruff and mypy: `make test` checks the source with them (settings in pyproject.toml)
-  .venv/bin/pip install -q 'cython>=3' setuptools wheel pytest pyroute2 python-prctl nvidia-ml-py jsonschema pyyaml \
+  .venv/bin/pip install -q 'cython>=3' setuptools wheel pytest pyroute2 nvidia-ml-py jsonschema pyyaml \
       ruff==0.17.6 mypy==2.4.1
 fi
 # Build the extension in place (fast when nothing changed).  The venv finds the source

@@ -4,6 +4,10 @@ Values are the Linux UAPI ones (x86-64 and aarch64 agree on all of them).
 `flags_str(MS_BIND | MS_REC)` -> "MS_BIND|MS_REC" is used in every mount error.
 """
 
+# The PATH a container's command and a hook start with when none is given: the
+# standard directories, no relative entry.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 # sched.h
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000

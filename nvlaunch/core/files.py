@@ -41,11 +41,19 @@ def write_atomic(path: str, data: str | bytes, mode: int | None = None) -> None:
         raise
 
 
-def load_json_object(path: str) -> dict[str, Any]:
-    """A JSON object from `path`; UsageError naming the file otherwise."""
+def load_json_object(path: str, missing_ok: bool = False) -> dict[str, Any]:
+    """A JSON object from `path`; UsageError naming the file otherwise.  With
+    `missing_ok` (a config file setup is about to create) a missing or empty file is {}."""
     try:
         with open(path, "rb") as f:
-            data = jsonread.loads(f.read())
+            raw = f.read()
+        if missing_ok and not raw.strip():
+            return {}
+        data = jsonread.loads(raw)
+    except FileNotFoundError as err:
+        if missing_ok:
+            return {}
+        raise UsageError(f"{path}: {err.strerror}") from None
     except OSError as err:
         raise UsageError(f"{path}: {err.strerror}") from None
     except ValueError as err:

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from nvlaunch.core.timings import Timings
     from nvlaunch.kernel.protocol import Kernel
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The signals P forwards to PID 1 and PID 1 to the command.
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
@@ -157,7 +156,7 @@ def _find_command(name: str, env: dict[str, str]) -> str:
     if "/" in name:
         return name
     denied = None
-    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
+    for directory in env.get("PATH", C.DEFAULT_PATH).split(":"):
         path = os.path.join(directory or ".", name)
         try:
             st = os.stat(path)
@@ -178,7 +177,7 @@ def _execvpe(name: str, argv: list[str], env: dict[str, str]) -> None:
     if "/" in name:
         os.execve(name, argv, env)
     denied = None
-    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
+    for directory in env.get("PATH", C.DEFAULT_PATH).split(":"):
         try:
             os.execve(os.path.join(directory or ".", name), argv, env)
         except (FileNotFoundError, NotADirectoryError):
@@ -189,7 +188,7 @@ def _execvpe(name: str, argv: list[str], env: dict[str, str]) -> None:
 
 
 def _container_env(cfg: RunConfig) -> dict[str, str]:
-    env = {"PATH": DEFAULT_PATH, "HOME": "/root" if cfg.uid == 0 else "/",
+    env = {"PATH": C.DEFAULT_PATH, "HOME": "/root" if cfg.uid == 0 else "/",
            "HOSTNAME": cfg.hostname or os.uname().nodename}
     term = os.environ.get("TERM")
     if term:

@@ -179,19 +179,14 @@ class RootBuilder:
         if kind in ("dir", "tmpfs"):
             self.mkdirs_like(path, mode)
         elif kind == "file":
-            k.close(k.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+            touch(k, path)
         elif kind == "link":
             assert target is not None       # a link is made with its target
             if os.path.lexists(path):
                 k.unlink(path)
             k.symlink(target, path)
         elif kind == "data":
-            fd = k.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_CLOEXEC, mode)
-            try:
-                k.write_all(fd, data or b"")
-            finally:
-                k.close(fd)
-            k.chmod(path, mode)
+            write_file(k, path, data or b"", mode)
         else:
             raise ValueError(kind)
 
@@ -240,19 +235,14 @@ class RootBuilder:
         self.makedirs(os.path.dirname(target))
         if step.kind == "data":
             assert isinstance(e, WriteFile)
-            fd = k.open(target, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_CLOEXEC, e.mode)
-            try:
-                k.write_all(fd, e.data)
-            finally:
-                k.close(fd)
-            k.chmod(target, e.mode)
+            write_file(k, target, e.data, e.mode)
         elif step.kind == "link":
             assert isinstance(e, Symlink)
             k.symlink(e.target, target)
         elif step.kind == "dir":
             self.makedirs(target)
         else:
-            k.close(k.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+            touch(k, target)
 
     def makedirs(self, path: str) -> None:
         if os.path.isdir(path):
@@ -345,6 +335,21 @@ def build_root(cfg: RunConfig, kernel: Kernel, layout: Layout, rootless: bool,
     mark("pivot")
 
 
+def touch(kernel: Kernel, path: str) -> None:
+    """An empty file at `path` (a mount point), kept if it exists."""
+    kernel.close(kernel.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+
+def write_file(kernel: Kernel, path: str, data: bytes, mode: int) -> None:
+    """`path` holding `data`, with `mode` (whatever the umask)."""
+    fd = kernel.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_CLOEXEC, mode)
+    try:
+        kernel.write_all(fd, data)
+    finally:
+        kernel.close(fd)
+    kernel.chmod(path, mode)
+
+
 def _mount_overlay(kernel: Kernel, layout: Layout, lower: str, readonly: bool, rootless: bool) -> None:
     esc = _overlay_escape
     if readonly:
@@ -369,7 +374,7 @@ def _mount_dev(kernel: Kernel, layout: Layout) -> None:
     mount(kernel, "tmpfs", dev, "tmpfs", C.MS_NOSUID | C.MS_NOEXEC, "mode=0755,size=65536k")
     for name in BASE_DEVICES:
         if os.path.exists(layout.host + "/dev/" + name):
-            kernel.close(kernel.open(dev + "/" + name, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+            touch(kernel, dev + "/" + name)
             bind(kernel, layout.host + "/dev/" + name, dev + "/" + name, 0, "/dev/" + name,
                  "/dev/" + name)
     for d in ("pts", "shm"):

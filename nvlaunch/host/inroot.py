@@ -130,11 +130,3 @@ def resolve_in_root(root: str, path: str) -> str:
     """The canonical in-root path `path` reaches inside the directory `root` (see
     Resolver.canonical)."""
     return Resolver(root).canonical(path)
-
-
-def host_path_in_root(root: str, path: str) -> str | None:
-    """The host path that `path` (as seen from inside `root`) resolves to, following
-    symlinks inside `root` only; None if it does not exist."""
-    res = Resolver(root)
-    resolved = res.resolve(path)
-    return None if resolved is None else res.host(resolved)

@@ -26,12 +26,12 @@ import os
 import shutil
 import sys
 
+from nvlaunch.core.consts import DEFAULT_PATH
 from nvlaunch.core.errors import UsageError
 from nvlaunch.core.records import record
 
 ENV_HOOK_PATH = "NVLAUNCH_HOOK_PATH"
-SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-BASE_ENV = (f"PATH={SAFE_PATH}", "LANG=C.UTF-8", "PYTHONSAFEPATH=1", "PYTHONDONTWRITEBYTECODE=1")
+BASE_ENV = (f"PATH={DEFAULT_PATH}", "LANG=C.UTF-8", "PYTHONSAFEPATH=1", "PYTHONDONTWRITEBYTECODE=1")
 # Variables of the caller's own environment handed to the hook (never the container's).
 PASSED_VARS = ("NVLAUNCH_DRIVER_ROOT", "NVLAUNCH_DEV_ROOT", "NVLAUNCH_PROC_ROOT",
                "NVLAUNCH_DEBUG", "NVLAUNCH_DEBUG_FILE", "NVLAUNCH_NO_CGROUPS")

@@ -38,7 +38,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from nvlaunch.host.view import Probe
 
     Key = tuple[Any, ...]     # see key(): what marshal stores and compares
 
@@ -132,14 +131,15 @@ def load(k: Key) -> P.Plan | None:
         return None
 
 
-def store(k: Key, reads: tuple[tuple[str, str], ...], seen: tuple[Probe, ...], plan: P.Plan) -> None:
+def store(k: Key, reads: tuple[tuple[str, str], ...], plan: P.Plan) -> None:
     """Keep `plan` under key `k` with the reads it was built from ((path, kind) pairs in
-    path order) and what they saw (host.view.fingerprint)."""
+    path order) and what they see now (host.view.fingerprint)."""
     if os.environ.get(ENV_NO_CACHE) == "1":
         return
     directory = cache_dir()
     if directory is None:
         return
+    seen = fingerprint(reads)
     path = _file(directory, k)
     tmp = f"{path}.{os.getpid()}"
     try:
@@ -209,9 +209,7 @@ def cached_plan(request: Request, host: HostView, libdir: str | None) -> tuple[P
     if plan is None:
         recording = host.recording()
         plan = checked_plan(request, recording, libdir)
-        if os.environ.get(ENV_NO_CACHE) != "1":
-            reads = tuple(sorted((recording.reads or {}).items()))
-            store(k, reads, fingerprint(reads), plan)
+        store(k, tuple(sorted((recording.reads or {}).items())), plan)
     return plan, k
 
 

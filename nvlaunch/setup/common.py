@@ -3,7 +3,6 @@ never clobbers (atomic writes, a .bak of what it replaces, --dry-run prints inst
 the hook invocation each system's entry runs (oci.hooks)."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -71,23 +70,3 @@ def executable(inv: Invocation, what: str) -> tuple[str, list[str]]:
                            hint="install nvlaunch (pip install .), put it on PATH, or pass "
                                 "--hook-path")
     return inv.path, list(inv.argv[1:])
-
-
-
-def load_json(path: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return {}
-    except OSError as err:
-        raise E.UsageError(f"{path}: {err.strerror}") from None
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except ValueError as err:
-        raise E.UsageError(f"{path}: not valid JSON ({err}); not touching it") from None
-    if not isinstance(data, dict):
-        raise E.UsageError(f"{path}: not a JSON object; not touching it")
-    return data

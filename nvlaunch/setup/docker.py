@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 
 from nvlaunch.core import errors as E
-from nvlaunch.setup.common import RUNTIME_NAME, Writer, executable, hook, load_json, settings
+from nvlaunch.core.files import load_json_object
+from nvlaunch.setup.common import RUNTIME_NAME, Writer, executable, hook, settings
 
 DEFAULT_CONFIG = "/etc/docker/daemon.json"
 
@@ -34,7 +35,7 @@ def setup_docker(gopts: dict, opts: dict, w: Writer) -> int:
     name = opts.get("runtime_name") or RUNTIME_NAME
     inv = hook(gopts, opts)
     path, args = executable(inv, "setup docker")
-    merged = docker_merge(load_json(dest), name, path, args)
+    merged = docker_merge(load_json_object(dest, missing_ok=True), name, path, args)
     w.write(dest, json.dumps(merged, indent=2) + "\n")
     if settings(inv):
         w.out.write("note: dockerd passes its own environment to the runtime; set "

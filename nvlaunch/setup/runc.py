@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 from nvlaunch.core import errors as E
+from nvlaunch.core.files import load_json_object
 from nvlaunch.oci.hooks import add_hook, hook_entry
-from nvlaunch.setup.common import Writer, hook, load_json
+from nvlaunch.setup.common import Writer, hook
 
 
 def setup_runc(gopts: dict, opts: dict, w: Writer) -> int:
@@ -15,7 +16,7 @@ def setup_runc(gopts: dict, opts: dict, w: Writer) -> int:
     entry = hook_entry(inv)
     dest = opts.get("config")
     if dest:
-        config = load_json(dest)
+        config = load_json_object(dest, missing_ok=True)
         if not config:
             raise E.UsageError(f"{dest}: no runtime config there (make one with `runc spec`)")
         if add_hook(config, entry):

@@ -5,13 +5,13 @@ checked without root in tests/unit/test_fakehost.py."""
 import os
 import shutil
 import stat
-import subprocess
 
 import pytest
 
 from tests import fakehost
 from tests.conftest import needs_root
 from tests.fakehost import build_fake_host, build_rootfs, parse_devices, parse_kv
+from tests.unit.test_fakehost import run   # the same subprocess helper as its unit twin
 
 pytestmark = needs_root("mknod, chroot")
 
@@ -19,11 +19,6 @@ pytestmark = needs_root("mknod, chroot")
 @pytest.fixture
 def host(tmp_path):
     return build_fake_host(str(tmp_path / "host"))
-
-
-def run(argv, env=None, **kw):
-    full = dict(os.environ, **(env or {}))
-    return subprocess.run(argv, env=full, capture_output=True, text=True, timeout=30, **kw)
 
 
 def test_device_nodes(host):

@@ -1,13 +1,17 @@
 """Build nvlaunch and its syscall core (nvlaunch._ns, from nvlaunch/_ns.pyx, Cython 3)."""
 from setuptools import Extension, setup
 
-PACKAGES = ("core", "host", "plan", "kernel", "exec", "render", "oci", "frontends", "setup")
+PACKAGES = ("core", "host", "plan", "kernel", "exec", "render", "oci", "frontends", "setup", "image")
+
+import os
 
 try:
+    if not os.path.exists("nvlaunch/_ns.pyx"):
+        raise ImportError
     from Cython.Build import cythonize
     ext = cythonize([Extension("nvlaunch._ns", ["nvlaunch/_ns.pyx"])],
                     compiler_directives={"language_level": 3}, quiet=True)
-except ImportError:  # building from a tree that already holds the generated C file
+except ImportError:  # no Cython (or no .pyx): the C file an sdist carries
     ext = [Extension("nvlaunch._ns", ["nvlaunch/_ns.c"])]
 
 setup(

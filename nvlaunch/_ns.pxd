@@ -4,6 +4,7 @@ from libc.stdint cimport uint32_t, uint64_t, int32_t
 cdef extern from "<errno.h>" nogil:
     int errno
     int EINTR
+    int ENOSYS
 
 cdef extern from "<string.h>" nogil:
     char *strerror(int errnum)
@@ -15,6 +16,7 @@ cdef extern from "<unistd.h>" nogil:
     int c_sethostname "sethostname"(const char *name, size_t len)
 
 cdef extern from "<fcntl.h>" nogil:
+    int AT_FDCWD
     int c_open "open"(const char *path, int flags, ...)
     int O_WRONLY
     int O_CLOEXEC

@@ -18,11 +18,22 @@ from libc.string cimport memset
 from libc.stdint cimport uint64_t
 from nvlaunch._ns cimport *
 
-# Mount flags the kernel locks on mounts a user namespace inherits (fs/namespace.c:
-# MNT_LOCK_READONLY/NOSUID/NODEV/NOEXEC/ATIME).  statvfs reports them as ST_* bits, which
-# have the same values as the MS_* bits.
-cdef unsigned long _LOCKED = 0x1 | 0x2 | 0x4 | 0x8 | 0x400 | 0x800 | 0x1000  # RDONLY NOSUID NODEV NOEXEC NOATIME NODIRATIME RELATIME
+# Mount flags (sys/mount.h MS_*) and what statvfs reports of them (ST_*: the same values
+# for RDONLY/NOSUID/NODEV/NOEXEC/NOATIME/NODIRATIME/RELATIME; NOSYMFOLLOW differs).
 cdef unsigned long _MS_BIND = 4096, _MS_REC = 16384, _MS_REMOUNT = 32
+cdef unsigned long _MS_STRICTATIME = 1 << 24, _MS_NOSYMFOLLOW = 256
+cdef unsigned long _ST_NOATIME = 0x400, _ST_RELATIME = 0x1000, _ST_NOSYMFOLLOW = 0x2000
+# What a bind remount may add: RDONLY NOSUID NODEV NOEXEC.  MOUNT_ATTR_* of mount_setattr(2)
+# has the same four values.
+cdef unsigned long _ADDABLE = 0x1 | 0x2 | 0x4 | 0x8
+# The per-mount flags statvfs reports as they are in MS_* form: RDONLY NOSUID NODEV NOEXEC
+# NOATIME NODIRATIME RELATIME.  The kernel locks all of these on the mounts a user namespace
+# inherits (fs/namespace.c: MNT_LOCK_READONLY/NOSUID/NODEV/NOEXEC/ATIME), and a remount
+# restates the whole set, so one left out is one cleared: EPERM where it is locked.
+cdef unsigned long _CARRIED = _ADDABLE | 0x400 | 0x800 | 0x1000
+# 0 once mount_setattr(2) gave ENOSYS (before Linux 5.12): remount_bind then goes straight
+# to its statvfs remount.
+cdef bint _have_setattr = 1
 
 
 cdef inline bytes _b(object s):
@@ -131,15 +142,15 @@ def mount(source, target, fstype, unsigned long flags, data):
 
 def bind_mount(source, target, unsigned long flags):
     """Bind `source` on `target` (MS_REC in flags makes it recursive), then, if flags ask for
-    any of RDONLY/NOSUID/NODEV/NOEXEC, remount the bind with them added to the flags the
-    new mount already carries.  Restating the carried flags is what makes a read-only
-    remount work inside a user namespace: the kernel refuses (EPERM) a remount that would
-    clear a locked flag, e.g. nosuid,nodev of a squashfs driver tree.
+    any of RDONLY/NOSUID/NODEV/NOEXEC, add them to the new mount with remount_bind(), which
+    keeps every other flag the mount carries (a user namespace may clear none of the locked
+    ones: nosuid,nodev of a squashfs driver tree, the atime mode of a strictatime mount).
+    Only the top mount of a recursive bind gets them (no AT_RECURSIVE), as before.
     """
     cdef bytes bs = _b(source), bt = _b(target)
     cdef const char *cs = bs
     cdef const char *ct = bt
-    cdef unsigned long want = flags & (0x1 | 0x2 | 0x4 | 0x8)
+    cdef unsigned long want = flags & _ADDABLE
     cdef unsigned long bind = _MS_BIND | (flags & _MS_REC)
     cdef int r, e
     while True:
@@ -155,15 +166,37 @@ def bind_mount(source, target, unsigned long flags):
 
 
 def remount_bind(target, unsigned long flags):
-    """Remount the bind mount at `target` with RDONLY/NOSUID/NODEV/NOEXEC from `flags` added
-    to the flags it carries now (statvfs), so no locked flag is ever cleared.  `target` must
-    name the mount itself: after binding onto /proc/self/fd/N, that link still leads to the
-    inode *under* the new mount, so the caller reopens the path first."""
+    """Add RDONLY/NOSUID/NODEV/NOEXEC from `flags` to the mount at `target`, changing nothing
+    else about it: mount_setattr(2) with only those attributes set (Linux 5.12+).  Where that
+    gives ENOSYS, a bind remount (MS_BIND|MS_REMOUNT) that restates what the mount carries,
+    read with statvfs: its ro/nosuid/nodev/noexec, nodiratime, its atime mode (noatime or
+    relatime as reported; MS_STRICTATIME where neither is, since a remount that names an
+    atime flag such as nodiratime but neither noatime nor strictatime means relatime), and
+    nosymfollow (ST_NOSYMFOLLOW, 0x2000, is MS_NOSYMFOLLOW, 256).  So no locked flag is
+    ever cleared (the kernel's EPERM in a user namespace) and no other flag is lost.
+    `target` must name the mount itself: after binding onto /proc/self/fd/N, that link
+    still leads to the inode *under* the new mount, so the caller reopens the path first."""
+    global _have_setattr
     cdef bytes bt = _b(target)
     cdef const char *ct = bt
-    cdef unsigned long want = flags & (0x1 | 0x2 | 0x4 | 0x8)
+    cdef unsigned long want = flags & _ADDABLE
+    cdef unsigned long carried
+    cdef mount_attr attr
     cdef statvfs sv
-    cdef int r, e
+    cdef long r
+    cdef int e
+    memset(&attr, 0, sizeof(attr))
+    attr.attr_set = want
+    while _have_setattr:
+        with nogil:
+            r = syscall(SYS_mount_setattr, AT_FDCWD, ct, 0, &attr, sizeof(attr))
+            e = errno
+        if r == 0:
+            return
+        if e == ENOSYS:
+            _have_setattr = 0
+        elif not _again(e):
+            raise _err(e, target)
     while True:
         with nogil:
             r = c_statvfs(ct, &sv)
@@ -172,9 +205,14 @@ def remount_bind(target, unsigned long flags):
             break
         if not _again(e):
             raise _err(e, target)
+    carried = sv.f_flag & _CARRIED
+    if not sv.f_flag & (_ST_NOATIME | _ST_RELATIME):
+        carried |= _MS_STRICTATIME
+    if sv.f_flag & _ST_NOSYMFOLLOW:
+        carried |= _MS_NOSYMFOLLOW
     while True:
         with nogil:
-            r = c_mount(NULL, ct, NULL, _MS_BIND | _MS_REMOUNT | (sv.f_flag & _LOCKED) | want, NULL)
+            r = c_mount(NULL, ct, NULL, _MS_BIND | _MS_REMOUNT | carried | want, NULL)
             e = errno
         if r == 0:
             return

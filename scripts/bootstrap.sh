@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS=(gcc make libcap-dev python3-venv python3-dev busybox-static uidmap runc crun podman lxc
-      bubblewrap iproute2 util-linux)
+      bubblewrap iproute2 util-linux skopeo docker-registry
+      docker.io docker-compose containerd slurm-wlm munge)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -21,12 +22,12 @@ id -nG nvltest | grep -qw video || usermod -aG video nvltest
 grep -q '^nvltest:' /etc/subuid 2>/dev/null || echo "nvltest:200000:65536" >> /etc/subuid
 grep -q '^nvltest:' /etc/subgid 2>/dev/null || echo "nvltest:200000:65536" >> /etc/subgid
 PY=/usr/bin/python3
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import Cython, pytest, pyroute2, pynvml, jsonschema, wheel, mypy' 2>/dev/null \
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import Cython, pytest, pyroute2, pynvml, jsonschema, wheel, mypy, hypothesis' 2>/dev/null \
     || [ ! -x .venv/bin/ruff ]; then
   $PY -m venv .venv
   .venv/bin/pip install -q --upgrade pip
   # ruff and mypy: `make test` checks the source with them (settings in pyproject.toml)
-  .venv/bin/pip install -q 'cython>=3' setuptools wheel pytest pyroute2 nvidia-ml-py jsonschema pyyaml \
+  .venv/bin/pip install -q 'cython>=3' setuptools wheel pytest pyroute2 nvidia-ml-py jsonschema pyyaml hypothesis \
       ruff==0.17.6 mypy==2.4.1
 fi
 # Build the extension in place (fast when nothing changed).  The venv finds the source

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from nvlaunch.core.errors import UsageError
+from nvlaunch.core.errors import UsageError, quote
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,16 +41,16 @@ def parse_opts(args: list[str], table: OptionTable, command: str,
         value: str | bool
         name, eq, value = arg.partition("=")
         if name not in table:
-            raise UsageError(f"{command}: unknown option {name}")
+            raise UsageError(f"{_where(command)}unknown option {name}")
         key, takes_value, repeat = table[name]
         if takes_value:
             if not eq:
                 i += 1
                 if i >= len(args):
-                    raise UsageError(f"{command}: option {name} needs a value")
+                    raise UsageError(f"{_where(command)}option {name} needs a value")
                 value = args[i]
         elif eq:
-            raise UsageError(f"{command}: option {name} takes no value")
+            raise UsageError(f"{_where(command)}option {name} takes no value")
         else:
             value = True
         if repeat:
@@ -59,6 +59,11 @@ def parse_opts(args: list[str], table: OptionTable, command: str,
             opts[key] = value
         i += 1
     return opts, args[i:]
+
+
+def _where(command: str) -> str:
+    """The command an error names ("" for nvlaunch's own options: the line says nvlaunch)."""
+    return f"{command}: " if command else ""
 
 
 def parse_command(args: list[str], table: OptionTable, command: str, usage: str | None = None,
@@ -75,10 +80,30 @@ def parse_command(args: list[str], table: OptionTable, command: str, usage: str 
     return opts, rest
 
 
-def int_opt(opts: dict[str, Any], key: str, flag: str) -> int:
+ID_MAX = 4294967294      # (uid_t)-1 means "no change" to the kernel, not an id
+
+
+def ascii_int(text: object, most: int) -> int | None:
+    """`text` as a decimal integer 0..most written in ASCII digits only, else None.
+
+    str.isdigit() and int() also take other scripts' digits ("١٢") and superscripts
+    ("²", which int() then refuses); a number is checked for length before int() sees
+    it, which refuses more than 4300 digits."""
+    if not isinstance(text, str) or not text or not text.isascii() or not text.isdigit():
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(most)):
+        return None
+    value = int(digits)
+    return value if value <= most else None
+
+
+def int_opt(opts: dict[str, Any], key: str, flag: str, most: int = ID_MAX) -> int:
+    """Option `key` (default 0) as an id 0..most; UsageError naming `flag` otherwise."""
     val = opts.get(key, "0")
-    if not (str(val).isascii() and str(val).isdigit()):
-        raise UsageError(f"{flag} {val}: not a non-negative integer")
-    if int(val) >= 4294967295:   # (uid_t)-1 means "no change" to the kernel, not an id
-        raise UsageError(f"{flag} {val}: not a valid id (0..4294967294)")
-    return int(val)
+    value = ascii_int(val, most)
+    if value is not None:
+        return value
+    if isinstance(val, str) and val.isascii() and val.isdigit():
+        raise UsageError(f"{flag} {quote(val)}: not a valid id (0..{most})")
+    raise UsageError(f"{flag} {quote(val)}: not a non-negative integer")

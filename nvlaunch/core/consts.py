@@ -111,9 +111,3 @@ CAPABILITIES = {
 # than this table is dropped too (the kernel answers EINVAL past its own last one).
 CAP_LAST_KNOWN = 63
 
-# Linux capabilities a container keeps as root, the same default set as runc and
-# podman: everything else is dropped from the bounding set.
-DEFAULT_CAPABILITIES = (
-    "chown", "dac_override", "fsetid", "fowner", "mknod", "net_raw", "setgid", "setuid",
-    "setfcap", "setpcap", "net_bind_service", "sys_chroot", "kill", "audit_write",
-)

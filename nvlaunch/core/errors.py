@@ -126,8 +126,56 @@ def describe(exc: BaseException) -> tuple[int, str]:
 
 
 def one_line(text: str) -> str:
-    """Line breaks folded, so that every failure stays one line."""
-    return " ".join(text.split("\n")).replace("\r", " ")
+    """Line breaks folded, so that every failure stays one line; whatever else a terminal
+    would not show as itself (control characters, escape sequences, the surrogates a
+    command line's undecodable bytes become) written as an escape (printable())."""
+    return printable(" ".join(text.split("\n")).replace("\r", " "))
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal would not print as itself escaped: an
+    undecodable byte of argv or the environment (surrogateescape's U+DC80..U+DCFF) as
+    \\xNN, other control, format, separator and surrogate characters as \\xNN / \\uNNNN;
+    the plain space is kept.  Never fails, whatever the text holds."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+            continue
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+def quote(value: object, limit: int = 200) -> str:
+    """A user's input for an error message: a string in quotes as repr() writes it (so
+    blanks and empty values show), cut to `limit` characters; anything else by its
+    type name, never an object's repr."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")
+    if not isinstance(value, str):
+        return f"<{type(value).__name__}>"
+    out = ["'"]
+    for ch in value[:limit]:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:        # an undecodable byte, as printable() writes it
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch in "'\\":
+            out.append("\\" + ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    out.append("'")
+    text = "".join(out)
+    return text if len(value) <= limit else f"{text}... ({len(value)} characters)"
 
 
 def errno_of(exc: BaseException) -> int | None:

@@ -47,8 +47,22 @@ def loads(text: str | bytes) -> Any:
         raise ValueError(f"no JSON value at character {stop.value}") from None
     except ValueError:
         raise
-    except Exception as err:   # noqa: BLE001 - keep the contract: ValueError only
-        raise ValueError(str(err)) from None
+    except Exception:   # noqa: BLE001 - keep the contract: ValueError only
+        # The scanner makes its JSONDecodeError from json.decoder, which (not imported
+        # on the hot path) it cannot always load mid-scan: a SystemError naming the
+        # scanner object.  Only now, on the error path, import it and scan again for
+        # the real message and position.
+        import json.decoder   # noqa: F401
+        try:
+            _Context.memo.clear()
+            _scan(text, 0)
+        except StopIteration as stop:
+            raise ValueError(f"no JSON value at character {stop.value}") from None
+        except ValueError as err:
+            raise ValueError(str(err)) from None
+        except Exception:   # noqa: BLE001
+            pass
+        raise ValueError("not valid JSON") from None
     finally:
         _Context.memo.clear()
     if end != len(text):

@@ -64,3 +64,19 @@ class Log:
 
 
 log = Log()
+
+
+ENV_STOP_AT = "NVLAUNCH_STOP_AT"
+STOP_AT = os.environ.get(ENV_STOP_AT) or None
+
+
+def checkpoint(phase: str) -> None:
+    """NVLAUNCH_STOP_AT=PHASE, a test and debugging aid: at PHASE, say so on stderr
+    ("nvlaunch: stopped at PHASE") and wait there until a signal ends the process, so
+    that a test can kill nvlaunch at exactly that point (tests/security/test_kill_points.py)
+    or a person can look at its state.  Phases: docs/security.md.  A hook gets it only
+    from its own entry's env, never from a container."""
+    if STOP_AT is not None and STOP_AT == phase:
+        os.write(2, f"nvlaunch: stopped at {phase}\n".encode())
+        while True:
+            time.sleep(3600)

@@ -25,7 +25,9 @@ import sys
 
 from nvlaunch.core import consts as C
 from nvlaunch.core import errors as E
-from nvlaunch.exec.pid1 import FORWARDED_SIGNALS, Forwarder, container_init, exit_code
+from nvlaunch.core.log import checkpoint
+from nvlaunch.exec.pid1 import (FORWARDED_SIGNALS, TTY_FORWARDED, TTY_IGNORED_P, Forwarder,
+                                container_init, exit_code)
 from nvlaunch.exec.runroot import RunConfig
 from nvlaunch.kernel.real import REAL
 
@@ -43,6 +45,9 @@ def run(cfg: RunConfig, kernel: Kernel | None = None, timings: Timings | None = 
     """Start the container and return its exit status (128+N for a signal)."""
     kernel = kernel or REAL
     rootless = os.geteuid() != 0
+    tty = os.isatty(0)
+    # the terminal's foreground job at the start, if it is ours: given back at the end
+    foreground = _foreground_pgrp() if tty else None
     flags = C.CLONE_NEWNS | C.CLONE_NEWPID | C.CLONE_NEWIPC | C.CLONE_NEWUTS
     if rootless:
         flags |= C.CLONE_NEWUSER
@@ -52,6 +57,7 @@ def run(cfg: RunConfig, kernel: Kernel | None = None, timings: Timings | None = 
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     if timings:
         timings.mark("prepare")
+    checkpoint("run-clone")
     # Blocked across clone (and inherited by I) so that a signal P forwards before I has
     # its handlers stays pending in I rather than being dropped; each side unblocks once
     # its handlers are in place.
@@ -87,6 +93,7 @@ def run(cfg: RunConfig, kernel: Kernel | None = None, timings: Timings | None = 
         if rootless:
             from nvlaunch.kernel.idmap import write_maps   # rootless only
             write_maps(kernel, pid, cfg.uid, cfg.gid)
+        checkpoint("run-mapped")
         os.write(go_w, b"g")
     except BaseException:
         os.kill(pid, signal.SIGKILL)
@@ -96,12 +103,13 @@ def run(cfg: RunConfig, kernel: Kernel | None = None, timings: Timings | None = 
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise
     os.close(go_w)
-    status = _wait_forwarding(pid, mask)
+    status = _wait_forwarding(pid, mask, tty)
     if timings:   # P's own clock: clone to PID 1 gone, its mount namespace torn down
         timings.report_end("container")
     with os.fdopen(err_r, "rb") as f:
         record = f.read()
-    _restore_foreground()
+    if foreground is not None:
+        _restore_foreground(foreground)
     if record:
         from nvlaunch.host.features import userns_restriction
         _raise_record(record, userns_restriction() if rootless else None)
@@ -110,8 +118,14 @@ def run(cfg: RunConfig, kernel: Kernel | None = None, timings: Timings | None = 
 
 # ---- P side -----------------------------------------------------------------------------
 
-def _wait_forwarding(pid: int, mask: set[int]) -> int:
+def _wait_forwarding(pid: int, mask: set[int], tty: bool) -> int:
+    """Wait for PID 1, forwarding signals to it.  At a terminal nvlaunch is one process of
+    the shell's job, with the container's command (exec.pid1): ^Z stops P with it, so
+    the shell gets its prompt back and `fg`/`bg` resume both; ^C and ^\\ reach the command
+    from the terminal itself, and P ignores them while it waits."""
     forwarder = Forwarder(pid)
+    if tty:
+        forwarder.narrow(TTY_FORWARDED, TTY_IGNORED_P)
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
         while True:
@@ -123,12 +137,21 @@ def _wait_forwarding(pid: int, mask: set[int]) -> int:
         forwarder.restore()
 
 
-def _restore_foreground() -> None:
-    """Give the terminal back to our process group if the container's command took it."""
+def _foreground_pgrp() -> int | None:
     try:
-        if os.isatty(0) and os.tcgetpgrp(0) != os.getpgrp():
+        pgrp = os.tcgetpgrp(0)
+    except OSError:
+        return None
+    return pgrp if pgrp == os.getpgrp() else None     # started in the background: not ours
+
+
+def _restore_foreground(pgrp: int) -> None:
+    """Give the terminal back to our process group if the container's command (an
+    interactive shell inside, with job control of its own) took it."""
+    try:
+        if os.tcgetpgrp(0) != pgrp:
             old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-            os.tcsetpgrp(0, os.getpgrp())
+            os.tcsetpgrp(0, pgrp)
             signal.signal(signal.SIGTTOU, old)
     except OSError:
         pass

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 
 from nvlaunch.core.errors import ContainerPathError
-from nvlaunch.exec.inroot import make_in_root, mkdirs_in_root, open_in_root, write_new
+from nvlaunch.core.log import checkpoint
+from nvlaunch.exec.inroot import (make_in_root, mkdirs_in_root, open_in_root, replace_link, undo_at,
+                                  write_new)
 from nvlaunch.host import ldcache
 from nvlaunch.host.container import merged_entries
+from nvlaunch.host.inroot import read_regular
 from nvlaunch.kernel.real import REAL
 
 TYPE_CHECKING = False
@@ -31,22 +34,32 @@ LD_SO_CONF_D = "/etc/ld.so.conf.d"
 CONF_NAME = "00-nvlaunch.conf"
 
 def write_in_root(kernel: Kernel, rootfd: int, pairs: LdPairs) -> None:
-    """Replace /etc/ld.so.cache inside the root at `rootfd` atomically (hooks)."""
-    existing: list[ldcache.CacheEntry] = []
-    try:
-        fd = open_in_root(kernel, rootfd, ldcache.LD_SO_CACHE, os.O_RDONLY)
-        with os.fdopen(fd, "rb") as f:      # a read: the cache is parsed, never trusted
-            existing = ldcache.parse(f.read())
-    except (OSError, ldcache.LdCacheError):
-        pass
-    data = ldcache.build(merged_entries(existing, pairs))
+    """Replace /etc/ld.so.cache inside the root at `rootfd` atomically (hooks).  The
+    container's own cache is read as a regular file of bounded size or not at all
+    (host.inroot.read_regular), parsed, never trusted."""
+    data = cache_bytes(kernel, rootfd, pairs)
     etc = mkdirs_in_root(kernel, rootfd, "/etc")
     try:
-        tmp = f".ld.so.cache.nvlaunch-{os.getpid()}"
-        write_new(kernel, etc, tmp, data, 0o644)
-        kernel.rename(tmp, "ld.so.cache", src_dir_fd=etc, dst_dir_fd=etc)
+        write_new(kernel, etc, "ld.so.cache", data, 0o644, replace=True)
     finally:
         kernel.close(etc)
+
+
+def cache_bytes(kernel: Kernel, rootfd: int, pairs: LdPairs) -> bytes:
+    """The new cache: the container's own (read as write_in_root says) with `pairs` first."""
+    existing: list[ldcache.CacheEntry] = []
+    try:
+        fd = open_in_root(kernel, rootfd, ldcache.LD_SO_CACHE, os.O_PATH)
+    except OSError:
+        fd = -1
+    if fd >= 0:
+        try:
+            existing = ldcache.parse(read_regular(fd, ldcache.LD_SO_CACHE))
+        except ldcache.LdCacheError:
+            pass
+        finally:
+            kernel.close(fd)
+    return ldcache.build(merged_entries(existing, pairs))
 
 
 def update_rootfs(rootfs: str, links: Iterable[tuple[str, str]], libs: LdPairs,
@@ -58,22 +71,74 @@ def update_rootfs(rootfs: str, links: Iterable[tuple[str, str]], libs: LdPairs,
         # NVIDIA's update-ldcache refuses "/" too: that would be the host's cache
         raise ContainerPathError("ldcache: the container rootfs resolves to /; refusing to touch the host")
     rootfd = kernel.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    made: list[tuple[str, str | None]] = []     # (link, the target it had, None: new)
+    dirs: list[str] = []                         # directories made, outermost first
     try:
         for target, link in links:
-            make_in_root(kernel, rootfd, link, "link", target=target)
+            dirs.extend(_missing_dirs(kernel, rootfd, link.rpartition("/")[0]))
+            existed = _lexists_in_root(kernel, rootfd, link)
+            old = make_in_root(kernel, rootfd, link, "link", target=target)
+            if old is not None or not existed:
+                made.append((link, old))
+        checkpoint("ldcache-links")
         extra = [d for d in dict.fromkeys(folders) if d not in SYSTEM_LIBDIRS]
         if extra:
             # So that an ldconfig run later inside the container keeps the libraries.
+            dirs.extend(_missing_dirs(kernel, rootfd, LD_SO_CONF_D))
             dfd = mkdirs_in_root(kernel, rootfd, LD_SO_CONF_D)
             try:
-                tmp = f".{CONF_NAME}.{os.getpid()}"
                 text = "# made by nvlaunch (CDI hook): the NVIDIA driver libraries\n" \
                     + "".join(d + "\n" for d in extra)
-                write_new(kernel, dfd, tmp, text.encode(), 0o644, replace=True)
-                kernel.rename(tmp, CONF_NAME, src_dir_fd=dfd, dst_dir_fd=dfd)
+                write_new(kernel, dfd, CONF_NAME, text.encode(), 0o644, replace=True)
             finally:
                 kernel.close(dfd)
         if libs:
             write_in_root(kernel, rootfd, list(libs))
+    except BaseException:
+        _restore_links(kernel, rootfd, made)
+        _remove_dirs(kernel, rootfd, dirs)
+        raise
     finally:
         kernel.close(rootfd)
+
+
+def _missing_dirs(kernel: Kernel, rootfd: int, path: str) -> list[str]:
+    """The directories of `path` (a container path) that do not exist yet, outermost
+    first: what mkdirs_in_root is about to make (where links lead elsewhere, only what
+    is missing by name; an undo that misses one leaves an empty directory, no more)."""
+    missing: list[str] = []
+    while path and path != "/":
+        try:
+            kernel.close(open_in_root(kernel, rootfd, path, os.O_PATH))
+            break
+        except OSError:
+            missing.insert(0, path)
+            path = path.rpartition("/")[0]
+    return missing
+
+
+def _remove_dirs(kernel: Kernel, rootfd: int, dirs: list[str]) -> None:
+    """rmdir what _missing_dirs found, innermost first (a directory that is not empty
+    any more, something else's now, stays)."""
+    for path in sorted(set(dirs), key=len, reverse=True):
+        undo_at(kernel, rootfd, path, lambda pfd, name: kernel.rmdir(name, dir_fd=pfd))
+
+
+def _lexists_in_root(kernel: Kernel, rootfd: int, path: str) -> bool:
+    try:
+        kernel.close(open_in_root(kernel, rootfd, path, os.O_PATH | os.O_NOFOLLOW))
+        return True
+    except OSError:
+        return False
+
+
+def _restore_links(kernel: Kernel, rootfd: int, made: list[tuple[str, str | None]]) -> None:
+    """Undo update_rootfs's links, newest first: a new one removed, a replaced one put
+    back to its old target."""
+    for link, old in reversed(made):
+        def put_back(pfd: int, name: str, old: str | None = old) -> None:
+            if old is None:
+                kernel.unlink(name, dir_fd=pfd)
+            else:
+                replace_link(kernel, pfd, name, old)
+        undo_at(kernel, rootfd, link, put_back)

@@ -15,6 +15,8 @@ import stat
 
 from nvlaunch.core import consts as C
 from nvlaunch.core import errors as E
+from nvlaunch.core.log import checkpoint
+from nvlaunch.exec.confine import capability_numbers
 from nvlaunch.exec.runroot import RunConfig, build_root, enter_staging
 from nvlaunch.host.view import is_initial_root
 
@@ -28,6 +30,14 @@ if TYPE_CHECKING:
 # The signals P forwards to PID 1 and PID 1 to the command.
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
+# At a terminal the command is in the shell's job with nvlaunch: the terminal's own
+# signals (^C, ^\\, ^Z, a resize) reach it directly, so only these are forwarded, and
+# the terminal's are ignored by P (INT, QUIT: it waits for the command) and by PID 1.
+TTY_FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+TTY_IGNORED_P = (signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH)
+TTY_IGNORED_INIT = (signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH, signal.SIGTSTP,
+                    signal.SIGTTIN, signal.SIGTTOU)
+ALL_SIGNALS = tuple(signal.valid_signals())
 
 
 class Forwarder:
@@ -57,6 +67,13 @@ class Forwarder:
         except ProcessLookupError:
             pass
 
+    def narrow(self, forwarded: tuple[int, ...], ignored: tuple[int, ...]) -> None:
+        """Forward only `forwarded` from now on; `ignored` are ignored, held ones dropped."""
+        for s in FORWARDED_SIGNALS + ignored:
+            if s not in forwarded:
+                signal.signal(s, signal.SIG_IGN)
+        self.held = [s for s in self.held if s in forwarded]
+
     def start(self, pid: int) -> None:
         self.pid = pid
         held, self.held = self.held, []
@@ -82,12 +99,30 @@ def container_init(cfg: RunConfig, kernel: Kernel, forwarder: Forwarder,
         from pyroute2 import IPRoute  # noqa: F401
     if cfg.debug:
         import traceback  # noqa: F401
-    build_root(cfg, kernel, enter_staging(kernel), not real_root, timings)
+    layout = enter_staging(kernel, cfg.tmpfs_size)
+    # The writable layer, held open: once the command is gone, a full one is said plainly
+    # (the command only saw ENOSPC, or "I/O error").
+    layer = None if cfg.overlay else kernel.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    build_root(cfg, kernel, layout, not real_root, timings)
     if cfg.hostname:
         kernel.sethostname(cfg.hostname)
     if cfg.net == "none":
         _loopback_up()
-    return _init_loop(cfg, kernel, real_root, forwarder, timings)
+    code = _init_loop(cfg, kernel, real_root, forwarder, timings)
+    if layer is not None:
+        _say_if_full(layer, cfg.tmpfs_size)
+    return code
+
+
+def _say_if_full(layer: int, size: str) -> None:
+    try:
+        st = os.fstatvfs(layer)
+    except OSError:
+        return
+    if st.f_bavail == 0:
+        os.write(2, f"nvlaunch: warning: the container's writable layer is full (--tmpfs-size "
+                    f"{size}); give it more, or keep its writes on disk with --overlay DIR\n"
+                    .encode())
 
 
 def _loopback_up() -> None:
@@ -101,38 +136,32 @@ def _init_loop(cfg: RunConfig, kernel: Kernel, real_root: bool, forwarder: Forwa
                timings: Timings | None) -> int:
     """Start the command and stay as PID 1: forward signals, reap orphans.
 
-    Without a terminal the command is started with posix_spawn (a vfork: no copy of this
-    Python process), after PID 1 has dropped what the container must not have, which the
-    command inherits.  With a terminal it is forked, so that it can make itself the
-    terminal's foreground process group before it execs."""
+    The command is started with posix_spawn (a vfork: no copy of this Python process)
+    after PID 1 has dropped what the container must not have, which it inherits, with
+    every signal at its default and none blocked (Python ignores SIGPIPE and SIGXFSZ:
+    `yes | head -1` would print "Broken pipe").  Without a terminal it gets a process
+    group of its own.  At a terminal it stays in nvlaunch's, the shell's job (see
+    exec.launch: job control), and PID 1 ignores the terminal's signals, which reach the
+    command directly."""
     env = _container_env(cfg)
     if timings:
         timings.mark("init")
         timings.report()
+    checkpoint("run-init")
     failure = b""
-    if not os.isatty(0):
-        _drop_privileges(cfg, kernel, real_root)
-        try:
-            pid = os.posix_spawn(_find_command(cfg.argv[0], env), list(cfg.argv), env,
-                                 setpgroup=0)
-        except OSError as err:
-            raise E.ExecError(cfg.argv[0], err) from None
-    else:
-        exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:
-            os.close(exec_r)
-            try:
-                _become_command(cfg, kernel, real_root)
-                _execvpe(cfg.argv[0], list(cfg.argv), env)
-            except OSError as err:
-                os.write(exec_w, E.pack_error(E.ExecError(cfg.argv[0], err)))
-            except BaseException as exc:  # noqa: BLE001
-                os.write(exec_w, E.pack_error(exc))
-            os._exit(E.EXIT_NOTFOUND)
-        os.close(exec_w)
-        with os.fdopen(exec_r, "rb") as f:
-            failure = f.read()
+    tty = os.isatty(0)
+    if tty:
+        forwarder.narrow(TTY_FORWARDED, TTY_IGNORED_INIT)
+    _drop_privileges(cfg, kernel, real_root)
+    try:
+        path = _find_command(cfg.argv[0], env)
+        if tty:
+            pid = os.posix_spawn(path, list(cfg.argv), env, setsigmask=(), setsigdef=ALL_SIGNALS)
+        else:
+            pid = os.posix_spawn(path, list(cfg.argv), env, setpgroup=0, setsigmask=(),
+                                 setsigdef=ALL_SIGNALS)
+    except OSError as err:
+        raise E.ExecError(cfg.argv[0], err) from None
     forwarder.start(pid)
     status = 0
     while True:   # reap everything; leave when the command itself is gone
@@ -170,56 +199,38 @@ def _find_command(name: str, env: dict[str, str]) -> str:
     raise E.ExecError(name, OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
 
 
-def _execvpe(name: str, argv: list[str], env: dict[str, str]) -> None:
-    """execvpe(3) over the container's PATH.  Written out because os.execvpe imports the
-    `warnings` module on its way, and after pivot_root no module can be imported.  Like
-    execvp: a missing file moves on, EACCES is remembered, ENOENT if nothing was found."""
-    if "/" in name:
-        os.execve(name, argv, env)
-    denied = None
-    for directory in env.get("PATH", C.DEFAULT_PATH).split(":"):
-        try:
-            os.execve(os.path.join(directory or ".", name), argv, env)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except PermissionError as err:
-            denied = err
-    raise denied or FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+# What of the caller's environment enters the container: how its terminal and locale are
+# to be read, and its time zone; nothing else.  The rest of a host environment (PATH,
+# LD_LIBRARY_PATH, PYTHONPATH, CUDA_HOME, a conda or module system's variables) names
+# host paths that mean nothing in the rootfs, or worse, something else: podman's rule,
+# not Apptainer's.  --env NAME passes any other variable on purpose.
+PASSED_ENV = ("TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ")
+PASSED_ENV_PREFIXES = ("LC_",)
 
 
 def _container_env(cfg: RunConfig) -> dict[str, str]:
+    """PATH, HOSTNAME, HOME and USER (cfg.defaults: from the rootfs's passwd), the
+    caller's PASSED_ENV, then the plan's (NVIDIA_VISIBLE_DEVICES as UUIDs), then --env."""
     env = {"PATH": C.DEFAULT_PATH, "HOME": "/root" if cfg.uid == 0 else "/",
            "HOSTNAME": cfg.hostname or os.uname().nodename}
-    term = os.environ.get("TERM")
-    if term:
-        env["TERM"] = term
+    env.update(dict(cfg.defaults))
+    for key, value in os.environ.items():
+        if key in PASSED_ENV or key.startswith(PASSED_ENV_PREFIXES):
+            env[key] = value
     env.update(dict(cfg.plan.env))
     env.update(dict(cfg.env))
     return env
 
 
-def _become_command(cfg: RunConfig, kernel: Kernel, real_root: bool) -> None:
-    """In the forked command (terminal case), before exec: the terminal's foreground,
-    default signal handlers, a parent-death signal, then the privilege drops."""
-    os.setpgid(0, 0)
-    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-    try:
-        os.tcsetpgrp(0, os.getpgrp())
-    except OSError:
-        pass
-    signal.signal(signal.SIGTTOU, old)
-    for s in FORWARDED_SIGNALS:
-        signal.signal(s, signal.SIG_DFL)
-    kernel.prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
-    _drop_privileges(cfg, kernel, real_root)
-
-
 def _drop_privileges(cfg: RunConfig, kernel: Kernel, real_root: bool) -> None:
-    """As real root (no user namespace): the bounding set trimmed to the container default
-    (C.DEFAULT_CAPABILITIES, runc's set) and --uid/--gid with only that group.  Always:
-    no_new_privs.  Inherited by everything the container starts."""
-    if real_root:
-        keep = {C.CAPABILITIES[name] for name in C.DEFAULT_CAPABILITIES}
+    """The bounding set trimmed to the container's (exec.confine.CONTAINER_CAPABILITIES),
+    in a user namespace too: there CAP_SYS_ADMIN would let the container undo its own
+    mounts (remount /sys rw: flags set inside the namespace that made them are not
+    locked).  As real root, --uid/--gid with only that group.  no_new_privs.  Inherited
+    by everything the container starts.  --privileged keeps every capability and leaves
+    no_new_privs off, as docker's --privileged does."""
+    if not cfg.privileged:
+        keep = capability_numbers()
         for cap in range(C.CAP_LAST_KNOWN + 1):
             if cap in keep:
                 continue
@@ -228,8 +239,9 @@ def _drop_privileges(cfg: RunConfig, kernel: Kernel, real_root: bool) -> None:
             except OSError as err:
                 if err.errno != errno.EINVAL:   # EINVAL: a capability this kernel lacks
                     raise
-        if cfg.uid or cfg.gid:
-            kernel.setgroups([cfg.gid])
-            kernel.setgid(cfg.gid)
-            kernel.setuid(cfg.uid)
-    kernel.prctl(C.PR_SET_NO_NEW_PRIVS, 1)
+    if real_root and (cfg.uid or cfg.gid):
+        kernel.setgroups([cfg.gid])
+        kernel.setgid(cfg.gid)
+        kernel.setuid(cfg.uid)
+    if not cfg.privileged:
+        kernel.prctl(C.PR_SET_NO_NEW_PRIVS, 1)

@@ -17,7 +17,9 @@ the staging tree holds /upper, /work and /newroot.  build_root() then:
    --readonly, as a second lower layer: no upper at all);
 4. mounts a fresh /proc, a read-only /sys (recursively; with --net none a fresh sysfs)
    and a minimal /dev tmpfs with devpts, shm and the base device nodes bound from the
-   host (mknod is refused in a user namespace);
+   host (mknod is refused in a user namespace); as root, unless --privileged, the
+   overlay and /dev are nodev and exec.confine hides and write-protects /proc and /sys
+   paths as runc's default spec does;
 5. applies the plan's binds and late entries, then the user's binds;
 6. pivots into the overlay and detaches the staging tree (and the host under it).
 
@@ -32,7 +34,9 @@ import stat
 
 from nvlaunch.core import consts as C
 from nvlaunch.core import errors as E
+from nvlaunch.core.log import checkpoint
 from nvlaunch.core.records import record
+from nvlaunch.exec.confine import confine_proc_sys
 from nvlaunch.exec.mounts import TMPFS_FLAGS, bind, mount, tmpfs_place
 from nvlaunch.host.container import merged_cache
 from nvlaunch.host.inroot import Resolver, resolve_in_root
@@ -79,6 +83,11 @@ class RunConfig:
     readonly: bool = False
     plan: Plan = Plan()
     debug: bool = False
+    privileged: bool = False       # as root: no exec.confine (all capabilities, /proc as is)
+    overlay: str | None = None     # a host directory: upper/ and work/ for persistent writes
+    tmpfs_size: str = "1g"         # the staging tmpfs (the writable layer without overlay)
+    defaults: tuple[tuple[str, str], ...] = ()     # HOME, USER for the uid (under env)
+    etc_files: tuple[tuple[str, bytes], ...] = ()  # /etc/hosts, resolv.conf, hostname
 
 
 @record
@@ -117,11 +126,12 @@ class Step:
     source: str | None = None
 
 
-def enter_staging(kernel: Kernel) -> Layout:
-    """Private propagation, a staging tmpfs, and a first pivot into it."""
+def enter_staging(kernel: Kernel, size: str = "1g") -> Layout:
+    """Private propagation, a staging tmpfs of `size` (the container's writable layer,
+    bounded: a tmpfs is memory), and a first pivot into it."""
     mount(kernel, None, "/", None, C.MS_REC | C.MS_PRIVATE)
     stage = "/tmp" if os.path.isdir("/tmp") else "/mnt"
-    mount(kernel, "tmpfs", stage, "tmpfs", C.MS_NOSUID | C.MS_NODEV, "mode=0755")
+    mount(kernel, "tmpfs", stage, "tmpfs", C.MS_NOSUID | C.MS_NODEV, f"mode=0755,size={size}")
     kernel.chdir(stage)
     for d in (OLD, UPPER, WORK, NEW):
         kernel.mkdir("." + d, 0o755)
@@ -207,8 +217,10 @@ class RootBuilder:
         """Mode and owner of `src` onto `dst`; False if `src` does not exist.  An owner
         the user namespace does not map (it shows as the overflow id) is left as is."""
         try:
-            st = os.stat(src)
+            st = os.lstat(src)          # never through a link: it would lead out of the rootfs
         except OSError:
+            return False
+        if stat.S_ISLNK(st.st_mode):
             return False
         self.kernel.chmod(dst, stat.S_IMODE(st.st_mode))
         if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
@@ -254,7 +266,10 @@ class RootBuilder:
 def build_root(cfg: RunConfig, kernel: Kernel, layout: Layout, rootless: bool,
                timings: Timings | None = None) -> None:
     """Steps 1-6 of the module docstring; the caller has entered the staging tree."""
-    mark = timings.mark if timings else (lambda phase: None)
+    def mark(phase: str) -> None:
+        if timings:
+            timings.mark(phase)
+        checkpoint("run-" + phase)
     mark("staging")
     lower = layout.host_path(cfg.rootfs)
     b = RootBuilder(kernel, layout, lower)
@@ -263,8 +278,10 @@ def build_root(cfg: RunConfig, kernel: Kernel, layout: Layout, rootless: bool,
     # 2. The upper layer, before the overlay exists.
     b.copy_attrs(lower, layout.upper)       # the merged "/" keeps the rootfs's mode and owner
     for d, mode in ROOT_DIRS:
-        if not os.path.isdir(lower + b.lower_path(d)):
-            b.prepare(d, "dir", mode)
+        # /proc, /sys and /dev are where nvlaunch mounts by name: whatever the rootfs has
+        # there that is not a plain directory (a link, above all) is hidden by one.
+        if not stat.S_ISDIR(_lstat_mode(lower + d)):
+            b.mkdirs_like(layout.upper + d, mode)
     # /tmp always lives in our layer: with the rootfs's mode, but owned by us where its
     # owner is not mapped, so that it stays writable (a copy-up of a directory whose
     # owner the user namespace cannot map fails with EOVERFLOW).
@@ -275,8 +292,11 @@ def build_root(cfg: RunConfig, kernel: Kernel, layout: Layout, rootless: bool,
             b.prepare(s.dst, s.kind, getattr(e, "mode", 0o755), target=getattr(e, "target", None),
                       data=getattr(e, "data", None))
     mark("layer")
+    for path, data in cfg.etc_files:
+        b.prepare(path, "data", 0o644, data=data)
     if cfg.plan.ldcache:
-        b.prepare("/etc/ld.so.cache", "data", 0o644, data=merged_cache(lower, cfg.plan.ldcache))
+        b.prepare("/etc/ld.so.cache", "data", 0o644, data=merged_cache(lower, cfg.plan.ldcache,
+                                                                 layout.host + "/proc"))
         mark("ldcache")
     for ub in cfg.binds:
         src = layout.host_path(ub.src)
@@ -289,8 +309,11 @@ def build_root(cfg: RunConfig, kernel: Kernel, layout: Layout, rootless: bool,
             raise E.UsageError(f"--workdir {cfg.workdir}: not a directory in the rootfs")
         b.prepare(cfg.workdir, "dir")
 
-    # 3. The overlay.
-    _mount_overlay(kernel, layout, lower, cfg.readonly, rootless)
+    # 3. The overlay (nodev for a confined root container: exec.confine).
+    confined = not rootless and not cfg.privileged
+    overlay = layout.host_path(cfg.overlay) if cfg.overlay else None
+    _mount_overlay(kernel, layout, lower, cfg.readonly, rootless, C.MS_NODEV if confined else 0,
+                   overlay)
     mark("overlay")
 
     # 4. /proc, /sys, /dev.
@@ -306,6 +329,8 @@ def build_root(cfg: RunConfig, kernel: Kernel, layout: Layout, rootless: bool,
              C.MS_REC | C.MS_RDONLY | C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC, "/sys", "/sys")
         _readonly_tree(kernel, new + "/sys")
     _mount_dev(kernel, layout)
+    if confined:
+        confine_proc_sys(kernel, new, layout.host + "/dev/null")
     mark("base-mounts")
 
     # 5. The plan: driver files, device nodes, /proc/driver/nvidia; then the user's binds.
@@ -321,6 +346,8 @@ def build_root(cfg: RunConfig, kernel: Kernel, layout: Layout, rootless: bool,
         target = new + resolve_in_root(new, ub.dst)
         bind(kernel, layout.host_path(ub.src), target,
              C.MS_REC | (C.MS_RDONLY if ub.readonly else 0), ub.src, ub.dst)
+        if ub.readonly:          # the mounts under the source too, as docker's :ro
+            _readonly_tree(kernel, target, C.MOUNT_ATTR_RDONLY)
     mark("binds")
 
     # 6. Into the new root; the staging tree (and the host under it) is detached.
@@ -350,19 +377,25 @@ def write_file(kernel: Kernel, path: str, data: bytes, mode: int) -> None:
     kernel.chmod(path, mode)
 
 
-def _mount_overlay(kernel: Kernel, layout: Layout, lower: str, readonly: bool, rootless: bool) -> None:
+def _mount_overlay(kernel: Kernel, layout: Layout, lower: str, readonly: bool, rootless: bool,
+                   flags: int = 0, persistent: str | None = None) -> None:
+    """The merged root.  With `persistent` (--overlay DIR, as PID 1 sees it) our layer
+    becomes a lower layer above the rootfs and DIR/upper takes the container's writes."""
     esc = _overlay_escape
-    if readonly:
+    if persistent:
+        opts = (f"lowerdir={esc(layout.upper)}:{esc(lower)},upperdir={esc(persistent + '/upper')},"
+                f"workdir={esc(persistent + '/work')}")
+    elif readonly:
         opts = f"lowerdir={esc(layout.upper)}:{esc(lower)}"
     else:
         opts = f"lowerdir={esc(lower)},upperdir={esc(layout.upper)},workdir={esc(layout.work)}"
     try:
-        mount(kernel, "overlay", layout.new, "overlay", 0, opts + (",userxattr" if rootless else ""))
+        mount(kernel, "overlay", layout.new, "overlay", flags, opts + (",userxattr" if rootless else ""))
     except E.MountError:
         if not rootless:
             raise
         try:          # kernels before 5.11 have no userxattr (and no overlay in a userns)
-            mount(kernel, "overlay", layout.new, "overlay", 0, opts)
+            mount(kernel, "overlay", layout.new, "overlay", flags, opts)
         except E.MountError as err:
             err.hint = err.hint or ("overlayfs in a user namespace needs Linux 5.11 or newer "
                                     f"(this is {os.uname().release})")
@@ -371,7 +404,8 @@ def _mount_overlay(kernel: Kernel, layout: Layout, lower: str, readonly: bool, r
 
 def _mount_dev(kernel: Kernel, layout: Layout) -> None:
     dev = layout.new + "/dev"
-    mount(kernel, "tmpfs", dev, "tmpfs", C.MS_NOSUID | C.MS_NOEXEC, "mode=0755,size=65536k")
+    # nodev: the nodes in it are binds of the host's (each its own mount, with its flags)
+    mount(kernel, "tmpfs", dev, "tmpfs", C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC, "mode=0755,size=65536k")
     for name in BASE_DEVICES:
         if os.path.exists(layout.host + "/dev/" + name):
             touch(kernel, dev + "/" + name)
@@ -386,15 +420,23 @@ def _mount_dev(kernel: Kernel, layout: Layout) -> None:
         kernel.symlink(target, dev + "/" + link)
 
 
-def _readonly_tree(kernel: Kernel, path: str) -> None:
+def _readonly_tree(kernel: Kernel, path: str,
+                   attrs: int = C.MOUNT_ATTR_RDONLY | C.MOUNT_ATTR_NOSUID | C.MOUNT_ATTR_NODEV) -> None:
     """Make every mount under `path` read-only too (the host's cgroup mounts under /sys
-    would otherwise stay writable for a root container)."""
+    would otherwise stay writable for a root container; a --bind :ro of a tree with
+    mounts in it, likewise)."""
     try:
-        kernel.mount_setattr(-100, path, C.AT_RECURSIVE,
-                             C.MOUNT_ATTR_RDONLY | C.MOUNT_ATTR_NOSUID | C.MOUNT_ATTR_NODEV, 0)
+        kernel.mount_setattr(-100, path, C.AT_RECURSIVE, attrs, 0)
     except OSError as err:
         if err.errno != errno.ENOSYS:   # before 5.12 only the top of the tree is read-only
             raise E.MountError("mount_setattr", None, path, "AT_RECURSIVE|MOUNT_ATTR_RDONLY", err) from err
+
+
+def _lstat_mode(path: str) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except OSError:
+        return 0
 
 
 def _overlay_escape(path: str) -> str:

@@ -22,7 +22,7 @@ writer (exec.ldcache_writer).
 The spec gives this hook an explicit environment (oci.hooks.invocation): a createContainer
 hook without `env` would inherit the container's (CVE-2025-23266, LD_PRELOAD from the
 image), and `python -m` would put the hook's cwd -- the container rootfs -- first on
-sys.path, so the interpreter is run with -P / PYTHONSAFEPATH=1.
+sys.path, so the interpreter runs isolated (-I).
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ import sys
 from nvlaunch.core.argv import parse_command
 from nvlaunch.core.errors import UsageError
 from nvlaunch.exec.ldcache_writer import update_rootfs
-from nvlaunch.oci.state import rootfs_of_state
+from nvlaunch.oci.hooks import guard_hook
+from nvlaunch.oci.state import MAX_STATE, rootfs_of_state
 
 OPTS = {"--link": ("link", True, True), "--lib": ("lib", True, True),
         "--lib32": ("lib32", True, True), "--folder": ("folder", True, True),
@@ -76,6 +77,8 @@ def cmd_ldcache(gopts: dict, args: list) -> int:
                 raise UsageError(f"ldcache: --{flag} {item!r}: SONAME may not contain '/'")
             libs.append((soname, _abs(path, "--" + flag), is32))
     folders = [_abs(d, "--folder") for d in opts.get("folder", [])]
-    rootfs = opts.get("rootfs") or rootfs_of_state(sys.stdin.buffer.read())
+    if not opts.get("rootfs"):
+        guard_hook(os.environ)          # as a hook: bounded, and never in the container's env
+    rootfs = opts.get("rootfs") or rootfs_of_state(sys.stdin.buffer.read(MAX_STATE + 1))
     update_rootfs(rootfs, links, libs, folders)
     return 0

@@ -22,11 +22,12 @@ from __future__ import annotations
 import os
 import sys
 
-from nvlaunch.core.errors import UsageError
+from nvlaunch.core.errors import UsageError, quote
 from nvlaunch.core.log import log
 from nvlaunch.exec.inject import inject
 from nvlaunch.host.container import proc_mounted
 from nvlaunch.host.view import HostView
+from nvlaunch.oci.hooks import guard_hook
 from nvlaunch.plan.cache import plan_for_rootfs
 from nvlaunch.plan.records import without_proc
 from nvlaunch.plan.request import Request
@@ -42,7 +43,16 @@ def _hook_type(args: list, env) -> tuple[str | None, str | None]:
     return None, None
 
 
+LXC_HOOK_USAGE = """usage: nvlaunch lxc-hook   (as `lxc.hook.mount = nvlaunch lxc-hook`)
+  LXC's mount hook: binds the GPUs that NVIDIA_VISIBLE_DEVICES (lxc.environment) asks for
+  into $LXC_ROOTFS_MOUNT; `nvlaunch setup lxc NAME` writes the config lines
+"""
+
+
 def cmd_lxc_hook(gopts: dict, args: list, environ=None) -> int:
+    if args in (["--help"], ["-h"]):
+        sys.stdout.write(LXC_HOOK_USAGE)
+        return 0
     env = os.environ if environ is None else environ
     section, hook_type = _hook_type(args, env)
     if hook_type is None:
@@ -54,11 +64,15 @@ def cmd_lxc_hook(gopts: dict, args: list, environ=None) -> int:
                          hint="the mount hook is the one that runs in the container's mount "
                               "namespace before pivot_root")
     rootfs = env.get("LXC_ROOTFS_MOUNT")
-    if not rootfs or not rootfs.startswith("/") or not os.path.isdir(rootfs):
-        raise UsageError(f"lxc-hook: LXC_ROOTFS_MOUNT={rootfs!r} is not a directory")
+    if not rootfs:
+        raise UsageError("lxc-hook: LXC_ROOTFS_MOUNT is not set (LXC sets it for its hooks)")
+    if not rootfs.startswith("/") or not os.path.isdir(rootfs):
+        raise UsageError(f"lxc-hook: LXC_ROOTFS_MOUNT={quote(rootfs)} is not an absolute path "
+                         "of a directory")
     req = Request.from_env(dict(env))
     if req.void:
         return 0
+    guard_hook(env, check_env=False)     # bounded in time; signals end it through its undo
     log.configure(bool(gopts.get("debug")), "lxc-hook")
     plan = plan_for_rootfs(req, HostView.from_options(gopts), rootfs)[0]
     notes = []

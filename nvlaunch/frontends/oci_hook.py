@@ -36,8 +36,9 @@ a non-zero exit, so the runtime aborts the container.  Debug lines go to stderr 
 --debug or NVLAUNCH_DEBUG=1, and are appended to NVLAUNCH_DEBUG_FILE when that is set.
 
 What the plan's `env` (NVIDIA_VISIBLE_DEVICES as UUIDs) asks for is NOT applied: at hook
-time the runtime has already read process.env.  `nvlaunch runtime` does not rewrite it
-either; the container keeps the value it was given.
+time the runtime has already read process.env.  `nvlaunch runtime` rewrites it to UUIDs in
+config.json before the runtime starts (runtime_shim.uuid_env); under docker's `--gpus`
+with runc the container keeps docker's value.
 """
 from __future__ import annotations
 
@@ -46,11 +47,17 @@ import sys
 
 from nvlaunch.core import errors as E
 from nvlaunch.core.argv import parse_command
-from nvlaunch.core.log import log, truthy
+from nvlaunch.core.log import checkpoint, log, truthy
 from nvlaunch.host.view import HostView
-from nvlaunch.oci.state import container_rootfs, load_config, read_state, selection_env, state_pid
+from nvlaunch.oci.hooks import check_environment, guard_hook
+from nvlaunch.oci.state import (MAX_STATE, container_rootfs, load_config, read_state, selection_env,
+                                state_pid)
 from nvlaunch.plan.cache import plan_for_rootfs
 from nvlaunch.plan.request import Request
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nvlaunch.plan.records import Plan
 
 # Hook stage argument -> config.json hooks key.  poststart/poststop are accepted and do
 # nothing, so a hooks.d file or a config listing the hook for them does not break.
@@ -86,7 +93,8 @@ def cmd_hook(gopts: dict, args: list) -> int:
                            "(expected prestart, create-runtime or create-container)")
     log.configure(bool(gopts.get("debug")), "hook")
     no_cgroups = bool(opts.get("no_cgroups")) or truthy(os.environ.get(ENV_NO_CGROUPS))
-    state = read_state(sys.stdin.buffer.read())
+    guard_hook(os.environ)
+    state = read_state(sys.stdin.buffer.read(MAX_STATE + 1))
     try:
         return run_hook(gopts, stage, state, no_cgroups)
     except (E.NvlaunchError, OSError) as err:
@@ -102,6 +110,7 @@ def cmd_hook(gopts: dict, args: list) -> int:
 def run_hook(gopts: dict, stage: str, state: dict, no_cgroups: bool = False) -> int:
     """The hook for one container; `stage` is a config.json hooks key."""
     config = load_config(state["bundle"])
+    check_environment(os.environ, config)
     env = selection_env(config)
     req = Request.from_env(env)
     log(f"stage {stage}, container {state.get('id')}, pid {state.get('pid')}, "
@@ -110,21 +119,36 @@ def run_hook(gopts: dict, stage: str, state: dict, no_cgroups: bool = False) -> 
         log("NVIDIA_VISIBLE_DEVICES unset, empty or void: nothing to do")
         return 0
     rootfs = container_rootfs(state, config)
-    plan = plan_for_rootfs(req, HostView.from_options(gopts), rootfs)[0]
+    if not os.path.isdir(rootfs):
+        raise E.UsageError(f"rootfs {rootfs}: not a directory")
+    pid = state_pid(state) if stage in RUNTIME_NS_STAGES else None   # bad input first
+    plan, cache_key = plan_for_rootfs(req, HostView.from_options(gopts), rootfs)
+    try:
+        return _apply(plan, stage, rootfs, pid, no_cgroups)
+    except BaseException:
+        if cache_key:                       # never trust a plan that failed
+            from nvlaunch.plan import cache as plancache
+            plancache.drop(cache_key)
+        raise
+
+
+def _apply(plan: Plan, stage: str, rootfs: str, pid: int | None, no_cgroups: bool) -> int:
+    """Steps 4 and 5 of the module docstring: cgroup rules, then the injection."""
     log(f"plan: {len(plan.entries)} entries, {len(plan.devices)} device nodes, "
         f"libdir {plan.libdir}, rootfs {rootfs}")
+    checkpoint("hook-plan")
     if plan.empty:
         return 0
     # Imported here: a hook that has nothing to do never loads the executors.
     from nvlaunch.exec.cgroup import allow_plan_devices
     ns = None
-    if stage in RUNTIME_NS_STAGES:
+    if pid is not None:
         from nvlaunch.kernel.namespaces import open_namespaces
-        ns = open_namespaces(state_pid(state))   # before any change: a bad pid fails first
+        ns = open_namespaces(pid)   # before any change: a bad pid fails first
     undo = None
     try:
-        undo = allow_plan_devices(plan, state_pid(state) if ns is not None else "self",
-                                  no_cgroups)
+        undo = allow_plan_devices(plan, pid if pid is not None else "self", no_cgroups)
+        checkpoint("hook-cgroup")
         if ns is not None:
             from nvlaunch.exec.enter import inject_in_namespaces
             created = inject_in_namespaces(plan, rootfs, ns)

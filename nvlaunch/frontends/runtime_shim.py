@@ -9,7 +9,10 @@ the arguments unchanged.  Every other command (start, state, kill, delete, exec,
 exec'd straight away.
 
 - The hook is only added when the container asks for GPUs (NVIDIA_VISIBLE_DEVICES set and
-  not void in process.env), so other containers do not pay for a hook process.
+  not void in process.env), so other containers do not pay for a hook process; nor where
+  a GPU hook is there already (dockerd's nvidia-container-runtime-hook for --gpus).
+- NVIDIA_VISIBLE_DEVICES in process.env is rewritten to the selected GPUs' UUIDs, as
+  `run` shows them (uuid_env).
 - The hook entry is oci.hooks.invocation()'s: `nvlaunch hook prestart` with an explicit
   environment carrying the shim's own NVLAUNCH_* settings (or the global --*-root
   options), never the container's.
@@ -85,13 +88,47 @@ def wants_gpus(config: dict) -> bool:
     return value is not None and value.strip() not in ("", "void")
 
 
-def patch_bundle(bundle: str, entry: dict) -> bool:
-    """Add the hook to `bundle`/config.json when the container wants GPUs; True if written."""
+def patch_bundle(bundle: str, entry: dict, gopts: dict | None = None) -> bool:
+    """Add the hook to `bundle`/config.json when the container wants GPUs (unless a GPU
+    hook is there already: ours, or the one dockerd adds for --gpus) and, with `gopts`,
+    name the GPUs by UUID in NVIDIA_VISIBLE_DEVICES; True if written."""
     path = os.path.join(bundle, "config.json")
     config = load_json_object(path)
-    if not wants_gpus(config) or not add_hook(config, entry):
+    if not wants_gpus(config):
+        return False
+    changed = add_hook(config, entry)
+    if gopts is not None:
+        changed = uuid_env(config, bundle, gopts) or changed
+    if not changed:
         return False
     write_atomic(path, json.dumps(config))
+    return True
+
+
+def uuid_env(config: dict, bundle: str, gopts: dict) -> bool:
+    """NVIDIA_VISIBLE_DEVICES of process.env rewritten to the selected GPUs' UUIDs (what
+    `run` shows its containers; runc reads process.env before any hook runs, so only the
+    shim can do it).  A selection that does not resolve is left as it is: the hook then
+    fails with its own one-line error, which the runtime reports."""
+    from nvlaunch.host.view import HostView
+    from nvlaunch.oci.state import container_rootfs
+    from nvlaunch.plan.cache import plan_for_rootfs
+    from nvlaunch.plan.request import Request
+    try:
+        rootfs = container_rootfs({"bundle": bundle}, config)
+        plan = plan_for_rootfs(Request.from_env(selection_env(config)),
+                               HostView.from_options(gopts), rootfs)[0]
+    except (E.NvlaunchError, OSError):
+        return False
+    value = dict(plan.env).get("NVIDIA_VISIBLE_DEVICES")
+    env = config["process"]["env"]
+    if not value or value == "none":
+        return False
+    new = [e for e in env if not (isinstance(e, str) and e.startswith("NVIDIA_VISIBLE_DEVICES="))]
+    new.append(f"NVIDIA_VISIBLE_DEVICES={value}")
+    if new == env:
+        return False
+    config["process"]["env"] = new
     return True
 
 
@@ -108,7 +145,17 @@ def real_runtime(explicit: str | None = None) -> str:
     raise E.UsageError("no OCI runtime found (runc, crun); set NVLAUNCH_RUNTIME")
 
 
+RUNTIME_USAGE = """usage: nvlaunch runtime [--runtime-path RUNC] RUNC-ARGS...
+  an OCI runtime for docker and containerd: runc (or RUNC) with nvlaunch's prestart hook
+  added to the bundle of `create` and `run` when the container asks for GPUs
+  (NVIDIA_VISIBLE_DEVICES); every other command is runc's own (`runc --help`)
+"""
+
+
 def cmd_runtime(gopts: dict, args: list) -> int:
+    if args in (["--help"], ["-h"]):
+        sys.stdout.write(RUNTIME_USAGE)
+        return 0
     explicit = None
     while args and (args[0] == "--runtime-path" or args[0].startswith("--runtime-path=")):
         if "=" in args[0]:
@@ -121,7 +168,7 @@ def cmd_runtime(gopts: dict, args: list) -> int:
     command, bundle = parse_runtime_args(args)
     if bundle is not None:
         entry = hook_entry(invocation(gopts=gopts))
-        patch_bundle(bundle, entry)
+        patch_bundle(bundle, entry, gopts)
     runtime = real_runtime(explicit)
     sys.stdout.flush()
     sys.stderr.flush()

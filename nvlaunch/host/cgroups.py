@@ -53,7 +53,9 @@ def parse_proc_cgroup(text: str) -> tuple[str | None, str | None]:
     errors: NVIDIA's v2 parser failed on exactly those (libnvidia-container#150).
     """
     v1 = v2 = None
-    for line in text.splitlines():
+    # "\n" only: str.splitlines() also breaks at \v, \f, \x1c-\x1e, \x85, U+2028/9,
+    # which a cgroup's name may hold (the kernel escapes nothing here).
+    for line in text.split("\n"):
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
@@ -75,10 +77,16 @@ class MountEntry:
 
 def parse_mountinfo(text: str) -> list[MountEntry]:
     """proc(5) mountinfo: "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE
-    SOURCE SUPEROPTS"; the optional fields end at the lone "-"."""
+    SOURCE SUPEROPTS"; the optional fields end at the lone "-".
+
+    Split as the kernel writes it: lines at newlines, fields at single spaces.  Only
+    space, tab, newline and backslash are escaped (as octal) in a path, so a mount point
+    can hold any other whitespace (vertical tab, form feed, U+0085, ...):
+    str.split()/splitlines() would break such a name into fields and lines of the
+    attacker's choosing."""
     out = []
-    for line in text.splitlines():
-        fields = line.split()
+    for line in text.split("\n"):
+        fields = line.split(" ")
         if "-" not in fields[6:]:
             continue
         sep = fields.index("-", 6)
@@ -129,10 +137,11 @@ def find_cgroup(pid: int | str, proc_root: str = "/",
     host = HostView(proc_root=proc_root)
     cg_file = host.proc(f"/proc/{pid}/cgroup")
     mi_file = host.proc(f"/proc/{mountinfo_pid}/mountinfo")
+    # surrogateescape: a path's bytes need not be UTF-8, and must come back unchanged
     try:
-        with open(cg_file) as f:
+        with open(cg_file, encoding="utf-8", errors="surrogateescape") as f:
             v1, v2 = parse_proc_cgroup(f.read())
-        with open(mi_file) as f:
+        with open(mi_file, encoding="utf-8", errors="surrogateescape") as f:
             mounts = parse_mountinfo(f.read())
     except OSError as err:
         raise CgroupError(f"read {err.filename}: {err.strerror}") from err

@@ -10,7 +10,7 @@ import os
 import stat
 
 from nvlaunch.core.errors import ContainerPathError
-from nvlaunch.host.inroot import resolve_in_root
+from nvlaunch.host.inroot import read_in_root, resolve_in_root
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -66,15 +66,18 @@ def _real_file(root: str, path: str) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size > 0
 
 
-def container_cache(root: str) -> list[ldcache.CacheEntry]:
-    """The entries of the ld.so.cache of the rootfs at host path `root` (resolved inside
-    it); [] for none, or one that cannot be read or parsed."""
+def container_cache(root: str, proc: str = "/proc") -> list[ldcache.CacheEntry]:
+    """The entries of the ld.so.cache of the rootfs at host path `root` (read inside it,
+    host.inroot.read_in_root); [] for none, or one that cannot be parsed.  Anything but a
+    regular file of sane size there is a ContainerPathError: never waited on, never
+    read whole.  `proc`: where procfs is (PID 1 of `run` sees the host's elsewhere)."""
     from nvlaunch.host import ldcache   # only for a plan with if-absent libraries
+    data = read_in_root(root, ldcache.LD_SO_CACHE, proc=proc)
+    if data is None:
+        return []
     try:
-        path = root.rstrip("/") + resolve_in_root(root, ldcache.LD_SO_CACHE)
-        with open(path, "rb") as f:
-            return ldcache.parse(f.read(), path)
-    except (OSError, ContainerPathError, ldcache.LdCacheError):
+        return ldcache.parse(data, ldcache.LD_SO_CACHE)
+    except ldcache.LdCacheError:
         return []
 
 
@@ -99,8 +102,25 @@ def merged_entries(existing: list[ldcache.CacheEntry], pairs: LdPairs) -> list[l
     return ours + [e for e in existing if (e.key, e.value) not in taken]
 
 
-def merged_cache(root: str, pairs: LdPairs) -> bytes:
+def merged_cache(root: str, pairs: LdPairs, proc: str = "/proc") -> bytes:
     """A new cache for the rootfs at host path `root` (its current cache kept; without
     one, ours alone still works)."""
     from nvlaunch.host import ldcache
-    return ldcache.build(merged_entries(container_cache(root), pairs))
+    return ldcache.build(merged_entries(container_cache(root, proc), pairs))
+
+
+def passwd_entry(root: str, uid: int) -> tuple[str, str] | None:
+    """(name, home) of `uid` in the rootfs's /etc/passwd (read inside it, bounded), or
+    None: no such line, or no file nvlaunch will read there."""
+    try:
+        data = read_in_root(root, "/etc/passwd", limit=4 << 20)
+    except ContainerPathError:
+        return None
+    if not data:
+        return None
+    want = str(uid)
+    for line in data.decode("utf-8", "replace").split("\n"):
+        fields = line.split(":")
+        if len(fields) >= 7 and fields[2] == want and fields[0]:
+            return fields[0], fields[5]
+    return None

@@ -78,7 +78,7 @@ def driver_version(host: HostView) -> str:
 
 def _is_version_tail(tail: str) -> bool:
     """"1", "580.159.04": what may follow "<prefix>." in an ld cache key."""
-    return bool(tail) and all(p.isdigit() for p in tail.split("."))
+    return bool(tail) and tail.isascii() and all(p.isdigit() for p in tail.split("."))
 
 
 def _lib_file(kind: str, cap: str, prefix: str, host_path: str, name: str,
@@ -153,11 +153,13 @@ def _ld_conf_dirs(host: HostView, res: Resolver) -> list[str]:
         if not text:
             continue
         for line in text.splitlines():
-            line = line.split("#", 1)[0].strip()
-            if not line or line.startswith("hwcap"):
+            # A NUL ends ldconfig's C string; no path holds one (glob would raise)
+            line = line.split("\0", 1)[0].split("#", 1)[0].strip()
+            words = line.split()
+            if not words or words[0] == "hwcap":
                 continue
-            if line.startswith("include"):
-                for pattern in line.split()[1:]:
+            if words[0] == "include":          # ldconfig: "include" and a blank
+                for pattern in words[1:]:
                     if not pattern.startswith("/"):
                         pattern = os.path.dirname(conf) + "/" + pattern
                     # glob under the root; the names found are in-root paths again

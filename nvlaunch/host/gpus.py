@@ -53,6 +53,11 @@ class MigDevice:
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
+def _decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²" and "٣", which int() refuses or reads."""
+    return text.isascii() and text.isdigit()
+
+
 def _hex(text: str, most: int) -> int | None:
     return int(text, 16) if 0 < len(text) <= most and set(text) <= _HEX else None
 
@@ -125,7 +130,7 @@ def enumerate_gpus(host: HostView) -> tuple[Gpu, ...]:
         if info.get("GPU Excluded", "").lower().startswith("yes"):
             continue
         uuid, minor = info.get("GPU UUID", ""), info.get("Device Minor", "")
-        if not uuid.upper().startswith("GPU-") or not minor.isdigit():
+        if not uuid.upper().startswith("GPU-") or not _decimal(minor):
             raise DiscoveryError(f"{path}: no GPU UUID or Device Minor line",
                                  hint="an unexpected driver file format")
         bus = parse_bus_id(info.get("Bus Location", "")) or parse_bus_id(name)
@@ -144,7 +149,7 @@ def mig_minors(host: HostView) -> dict[str, int]:
     out = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
+        if len(parts) == 2 and _decimal(parts[1]):
             out[parts[0]] = int(parts[1])
     return out
 
@@ -156,12 +161,12 @@ def _cap_minor(host: HostView, rel: str, minors: dict[str, int]) -> int | None:
     if key in minors:
         return minors[key]
     value = _fields(_read(host.proc(f"{CAPS_DIR}/{rel}")) or "").get("DeviceFileMinor", "")
-    return int(value) if value.isdigit() else None
+    return int(value) if _decimal(value) else None
 
 
 def _numbered(names: Iterable[str], prefix: str) -> list[int]:
     return sorted(int(n[len(prefix):]) for n in names
-                  if n.startswith(prefix) and n[len(prefix):].isdigit())
+                  if n.startswith(prefix) and _decimal(n[len(prefix):]))
 
 
 def enumerate_migs(host: HostView, gpu: Gpu, minors: dict[str, int] | None = None

@@ -21,6 +21,7 @@ use this only to compute where a path lands.
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -130,3 +131,111 @@ def resolve_in_root(root: str, path: str) -> str:
     """The canonical in-root path `path` reaches inside the directory `root` (see
     Resolver.canonical)."""
     return Resolver(root).canonical(path)
+
+
+# ---- fds: a walk the rootfs cannot race, and bounded reads of its files -----------------
+
+def walk_open(rootfd: int, path: str, flags: int = os.O_PATH) -> int:
+    """An fd for `path` inside the directory at `rootfd`, resolved as openat2(2) with
+    RESOLVE_IN_ROOT would: one component at a time, each opened O_PATH|O_NOFOLLOW under
+    the fd of its parent, a symlink read with readlinkat(2) and its target walked again
+    (an absolute one from the root), `..` never above the root.  No name is looked up
+    twice, so nothing swapped in the rootfs meanwhile can lead the walk out of it (the
+    fallback for kernels or seccomp profiles without openat2).  The last component is
+    opened with `flags` | O_NOFOLLOW: a link put there after the check fails (ELOOP)."""
+    link_itself = flags & os.O_NOFOLLOW
+    flags |= os.O_CLOEXEC | os.O_NOFOLLOW
+    stack = [os.dup(rootfd)]             # the directories from the root down
+    parts = [p for p in reversed(path.split("/")) if p and p != "."]
+    hops = 0
+    try:
+        while parts:
+            comp = parts.pop()
+            if comp == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                continue
+            last = not parts
+            fd = os.open(comp, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1])
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISLNK(mode) and not (last and link_itself):
+                os.close(fd)
+                hops += 1
+                if hops > MAXSYMLINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+                target = os.readlink(comp, dir_fd=stack[-1])
+                if target.startswith("/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                parts.extend(p for p in reversed(target.split("/")) if p and p != ".")
+                continue
+            if last:
+                os.close(fd)
+                return os.open(comp, flags, dir_fd=stack[-1])
+            if not stat.S_ISDIR(mode):
+                os.close(fd)
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+            stack.append(fd)
+        return os.open(".", flags & ~os.O_NOFOLLOW, dir_fd=stack[-1])
+    finally:
+        for fd in stack:
+            os.close(fd)
+
+
+# The most nvlaunch reads of one rootfs file (an ld.so.cache is some 100 KiB).
+READ_LIMIT = 16 << 20
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def read_regular(pathfd: int, shown: str, limit: int = READ_LIMIT, proc: str = "/proc") -> bytes:
+    """The bytes of the file an O_PATH fd names (the caller keeps the fd), checked first
+    to be a regular file of at most `limit` bytes: a rootfs may put a FIFO, a device or a
+    huge sparse file where nvlaunch reads.  Only then is it opened for reading, through
+    `proc`/self/fd (no name is looked up again, so nothing swapped in meanwhile is
+    opened: no device driver's open(2) ever runs on nvlaunch's behalf)."""
+    st = os.fstat(pathfd)
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise ContainerPathError(f"{shown}: {kind} in the rootfs, not a regular file")
+    if st.st_size > limit:
+        raise ContainerPathError(f"{shown}: {st.st_size} bytes in the rootfs, more than the "
+                                 f"{limit >> 20} MiB nvlaunch reads")
+    how = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(f"{proc}/self/fd/{pathfd}", how)
+    except FileNotFoundError:
+        if proc == "/proc":
+            raise
+        fd = os.open(f"/proc/self/fd/{pathfd}", how)    # a test tree's layout: the real one
+    try:
+        chunks, size = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise ContainerPathError(f"{shown}: grew past {limit >> 20} MiB while it was read")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_in_root(root: str, path: str, limit: int = READ_LIMIT, proc: str = "/proc") -> bytes | None:
+    """The bytes of `path` inside the rootfs at host path `root` (walk_open, read_regular),
+    None if it does not exist.  ContainerPathError if it is not a regular file or too big."""
+    rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = walk_open(rootfd, path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        raise ContainerPathError(f"{path}: {err.strerror} in the rootfs") from None
+    finally:
+        os.close(rootfd)
+    try:
+        return read_regular(fd, path, limit, proc)
+    finally:
+        os.close(fd)

@@ -120,6 +120,15 @@ _HEADER_NEW = struct.Struct("<20sIIB3xI12x")
 _ENTRY_NEW = struct.Struct("<iIIIQ")
 _ENTRY_OLD = struct.Struct("<iII")
 
+# Bounds on what a damaged or hostile file can cost.  A key or value longer than
+# PATH_MAX could never be opened; and as ldconfig stores each string once (a soname
+# shares the tail of its path), a real file's strings add up to at most twice its
+# size: far more means entries pointing into each other's bytes, a file that would
+# otherwise cost (entries x string length) time and memory.
+_MAX_STRING = 4096
+_STRING_BUDGET = 8          # x the string area, plus _STRING_SLACK
+_STRING_SLACK = 1 << 20
+
 
 class LdCacheError(DiscoveryError):
     """An ld.so cache file is missing, unreadable, of unknown format or damaged."""
@@ -221,23 +230,33 @@ def _entries(data: bytes, base: int, columns: tuple[Iterable[int], ...], nlibs: 
         return []
     flags, koffs, voffs, osvers, hwcaps = columns
     text = data[base:].decode("latin-1")
-    kends = list(map(text.find, repeat("\0"), koffs))
-    vends = list(map(text.find, repeat("\0"), voffs))
+    # Each search stops _MAX_STRING bytes on: the cost is bounded by the entry count.
+    limit = repeat(_MAX_STRING + 1)
+    kends = list(map(text.find, repeat("\0"), koffs, map(operator.add, koffs, limit)))
+    vends = list(map(text.find, repeat("\0"), voffs, map(operator.add, voffs, limit)))
     if -1 in kends or -1 in vends:
-        _raise_bad_string(path, len(text), koffs, kends, voffs, vends)
+        _raise_bad_string(path, text, koffs, kends, voffs, vends)
+    total = sum(kends) - sum(koffs) + sum(vends) - sum(voffs)
+    if total > _STRING_BUDGET * len(text) + _STRING_SLACK:
+        raise _damaged(path, f"its {nlibs} entries' strings add up to {total} bytes, "
+                             f"far more than its {len(text)} bytes of strings")
     keys = _utf8(list(map(text.__getitem__, map(slice, koffs, kends))))
     values = _utf8(list(map(text.__getitem__, map(slice, voffs, vends))))
     return _make_entries(keys, values, flags, osvers, hwcaps)
 
 
-def _raise_bad_string(path: str, size: int, koffs: Iterable[int], kends: Iterable[int],
+def _raise_bad_string(path: str, text: str, koffs: Iterable[int], kends: Iterable[int],
                       voffs: Iterable[int], vends: Iterable[int]) -> None:
     for i, (k, ke, v, ve) in enumerate(zip(koffs, kends, voffs, vends)):
         for what, off, end in (("key", k, ke), ("value", v, ve)):
             if end == -1:
-                if off >= size:
+                if off >= len(text):
                     raise _damaged(path, f"entry {i} {what} offset {off} out of range")
-                raise _damaged(path, f"entry {i} {what} at offset {off} is not NUL-terminated")
+                if text.find("\0", off) == -1:
+                    raise _damaged(path, f"entry {i} {what} at offset {off} is not NUL-terminated")
+                raise _damaged(path, f"entry {i} {what} at offset {off} is longer than "
+                                     f"{_MAX_STRING} bytes")
+    raise _damaged(path, "a string is out of range")     # not reached: callers saw a -1
 
 
 def _utf8(strings: list[str]) -> list[str]:
@@ -441,6 +460,9 @@ def _pack(ordered: list[CacheEntry]) -> bytes:
         key, value = _as_bytes(e.key), _as_bytes(e.value)
         if b"\0" in key or b"\0" in value:
             raise ValueError(f"ld cache entry {i} ({e.key!r}): NUL byte in key or value")
+        if len(key) > _MAX_STRING or len(value) > _MAX_STRING:
+            raise ValueError(f"ld cache entry {i} ({e.key!r}): key or value longer than "
+                             f"{_MAX_STRING} bytes")
         voff = put(value)
         # The soname is usually the tail of its path: share those bytes, as ldconfig does.
         koff = offsets.get(key) or (voff + len(value) - len(key) if value.endswith(key)

@@ -19,11 +19,36 @@ from nvlaunch.core.errors import NamespaceError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from nvlaunch.kernel.protocol import Kernel
 
 NEWUIDMAP = "/usr/bin/newuidmap"
 NEWGIDMAP = "/usr/bin/newgidmap"
 MAX_ID = 4294967295
+
+
+def _number(text: str) -> int | None:
+    """A decimal id or count; None for anything else (int() refuses 4300+ digits)."""
+    return int(text) if len(text) <= 20 and text.isascii() and text.isdigit() else None
+
+
+def parse_subids(lines: Iterable[str], owners: tuple[str, ...]) -> tuple[int, int] | None:
+    """(start, count) of the first valid "owner:start:count" line of /etc/subuid or
+    /etc/subgid (`lines`: a str's split("\\n") or the open file) whose owner is one of
+    `owners` (the user's name, its uid).
+
+    A malformed line (not three fields, not decimal numbers, an empty range or one
+    past the last id) is skipped, as shadow's parser skips it: one bad line of some
+    other user must not cost this one its range."""
+    for line in lines:
+        fields = line.strip().split(":")
+        if len(fields) != 3 or fields[0] not in owners:
+            continue
+        start, count = _number(fields[1]), _number(fields[2])
+        if start is not None and count and start + count <= MAX_ID:
+            return start, count
+    return None
 
 
 def subordinate_range(path: str, uid: int) -> tuple[int, int] | None:
@@ -32,15 +57,12 @@ def subordinate_range(path: str, uid: int) -> tuple[int, int] | None:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:
         name = None
+    owners = (str(uid),) if name is None else (name, str(uid))
     try:
-        with open(path) as f:
-            for line in f:
-                fields = line.strip().split(":")
-                if len(fields) == 3 and fields[0] in (name, str(uid)):
-                    return int(fields[1]), int(fields[2])
-    except (OSError, ValueError):
-        pass
-    return None
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return parse_subids(f, owners)
+    except OSError:
+        return None
 
 
 def id_map(inside: int, outside: int, sub: tuple[int, int] | None) -> list[tuple[int, int, int]]:

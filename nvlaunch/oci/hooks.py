@@ -7,9 +7,9 @@ docker's and containerd's runtime entries).
 
 - the program: `hook_path` (an option), else $NVLAUNCH_HOOK_PATH, else the nvlaunch
   script this process runs as, else `nvlaunch` on PATH, else this Python running the
-  package (`python -S -P -m nvlaunch` with PYTHONPATH naming it: a source tree or a
-  `pip install --target` directory);
-- nvlaunch's own script is run as `PYTHON -S SCRIPT` when its second line is SCRIPT_MARK
+  package (`python -I -S -c CODE`, CODE putting its directory on sys.path: a source
+  tree or a `pip install --target` directory);
+- nvlaunch's own script is run as `PYTHON -I -S SCRIPT` when its second line is SCRIPT_MARK
   (the script then puts site-packages on sys.path itself without running the import
   lines of .pth files: 12 ms instead of 55 per start on a GPU host's PyTorch
   virtualenv; installers drop options from a script's first line, so it cannot ask for
@@ -18,7 +18,11 @@ docker's and containerd's runtime entries).
   runs with the container's (CVE-2025-23266: LD_PRELOAD or PYTHONPATH from the image run
   as host root).  PATH, LANG, PYTHONSAFEPATH=1 and PYTHONDONTWRITEBYTECODE=1 always; the
   host roots given to the caller (global options or NVLAUNCH_*_ROOT) and its
-  NVLAUNCH_DEBUG* / NVLAUNCH_NO_CGROUPS settings; PYTHONPATH only for the package form.
+  NVLAUNCH_DEBUG* / NVLAUNCH_NO_CGROUPS / NVLAUNCH_HOOK_TIMEOUT settings;
+- Python runs isolated (-I): no PYTHON* variable and no directory of the caller's (a
+  hook's cwd is the rootfs) reaches sys.path, whatever the environment holds;
+- a hook that finds itself in an environment it was not given refuses to work
+  (check_environment).
 """
 from __future__ import annotations
 
@@ -34,12 +38,17 @@ ENV_HOOK_PATH = "NVLAUNCH_HOOK_PATH"
 BASE_ENV = (f"PATH={DEFAULT_PATH}", "LANG=C.UTF-8", "PYTHONSAFEPATH=1", "PYTHONDONTWRITEBYTECODE=1")
 # Variables of the caller's own environment handed to the hook (never the container's).
 PASSED_VARS = ("NVLAUNCH_DRIVER_ROOT", "NVLAUNCH_DEV_ROOT", "NVLAUNCH_PROC_ROOT",
-               "NVLAUNCH_DEBUG", "NVLAUNCH_DEBUG_FILE", "NVLAUNCH_NO_CGROUPS")
+               "NVLAUNCH_DEBUG", "NVLAUNCH_DEBUG_FILE", "NVLAUNCH_NO_CGROUPS",
+               "NVLAUNCH_HOOK_TIMEOUT")
 GOPT_VARS = {"driver_root": "NVLAUNCH_DRIVER_ROOT", "dev_root": "NVLAUNCH_DEV_ROOT",
              "proc_root": "NVLAUNCH_PROC_ROOT"}
 # The second line of bin/nvlaunch: the script declares that `python -S` suits it.
 SCRIPT_MARK = b"# nvlaunch-script: sets up sys.path itself under python -S"
 HOOK_STAGES = ("prestart", "createRuntime", "createContainer")
+# Variables that make the dynamic loader run code of someone else's choosing: no hook
+# entry nvlaunch writes sets them, so a hook that has one runs in an environment it was
+# not given (an entry without `env`: the container's, CVE-2025-23266) and refuses.
+LOADER_VARS = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH")
 
 
 @record
@@ -71,16 +80,52 @@ def invocation(hook_path: str | None = None, gopts: dict | None = None,
         return Invocation(*_script_command(os.path.abspath(found)), tuple(env))
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     exe = sys.executable or "/usr/bin/python3"
-    # -S: no site module (the hook needs nothing from site-packages, and an image's .pth
-    # files can cost more than the hook itself); -P: no cwd (the rootfs) on sys.path.
-    if sys.version_info >= (3, 11):
-        return Invocation(exe, (os.path.basename(exe), "-S", "-P", "-m", "nvlaunch"),
-                          tuple(env + [f"PYTHONPATH={pkg_parent}"]))
-    # Python 3.10 has no -P: isolated mode (no cwd, no PYTHON* variables) and the package
-    # directory put on sys.path by the command itself.
+    # -I: isolated (no PYTHON* variable, no cwd -- the rootfs -- and no user site on
+    # sys.path); -S: no site module (the hook needs nothing from site-packages, and .pth
+    # files can cost more than the hook itself).  The package's directory is put on
+    # sys.path by the command itself.
     code = (f"import sys; sys.path.insert(0, {pkg_parent!r}); "
             "from nvlaunch.cli import main; sys.exit(main())")
     return Invocation(exe, (os.path.basename(exe), "-I", "-S", "-c", code), tuple(env))
+
+
+def check_environment(environ, config: dict | None = None) -> None:
+    """Refuse to work as a hook in an environment that is not the hook entry's own:
+    one with a LOADER_VARS variable, or one holding the container's process.env (of
+    `config`, config.json; the NVIDIA_* selection and the names every image and every
+    entry may share, COMMON_VARS, left out): its NVLAUNCH_DRIVER_ROOT, say, would
+    choose what is bound.  UsageError naming the variable."""
+    for var in LOADER_VARS:
+        if environ.get(var):
+            raise UsageError(f"the hook's environment has {var} (from the container?): a hook "
+                             "entry must carry its own `env`", hint=ENV_HINT)
+    process = config.get("process") if isinstance(config, dict) else None
+    items = process.get("env") if isinstance(process, dict) else None
+    theirs = {}
+    for item in items if isinstance(items, list) else ():
+        key, eq, value = item.partition("=") if isinstance(item, str) else ("", "", "")
+        if eq and key not in COMMON_VARS and not key.startswith("NVIDIA_"):
+            theirs[key] = value
+    if theirs and all(environ.get(k) == v for k, v in theirs.items()):
+        raise UsageError(f"the hook runs with the container's environment ({sorted(theirs)[0]}"
+                         "=... from config.json): a hook entry must carry its own `env`",
+                         hint=ENV_HINT)
+
+
+COMMON_VARS = frozenset({"PATH", "HOME", "TERM", "HOSTNAME", "LANG", "LC_ALL", "container"})
+def guard_hook(environ, check_env: bool = True) -> None:
+    """What every hook does first (docs/security.md): bound its time and let signals end
+    it through its error path (core.interrupt), leave the rootfs, which runc makes its
+    cwd, and refuse an environment with loader variables (check_environment; not for
+    LXC's hook, whose environment is LXC's and its config's, never an image's)."""
+    from nvlaunch.core.interrupt import bound, timeout_from
+    bound(timeout_from(environ))
+    os.chdir("/")
+    if check_env:
+        check_environment(environ)
+
+
+ENV_HINT = "write the entry with `nvlaunch setup`, or give it `env` (see docs/security.md)"
 
 
 def _settings_env(gopts: dict | None, environ) -> list[str]:
@@ -102,8 +147,9 @@ def _script_command(path: str) -> tuple[str, tuple[str, ...]]:
     if len(head) > 1 and head[1].rstrip() == SCRIPT_MARK and len(words) == 1 \
             and words[0].startswith(b"/"):
         python = os.fsdecode(words[0])
-        # argv[0] the full path: a virtualenv's python finds its pyvenv.cfg through it
-        return python, (python, "-S", path)
+        # argv[0] the full path: a virtualenv's python finds its pyvenv.cfg through it;
+        # -I as above (the script finds its site-packages itself)
+        return python, (python, "-I", "-S", path)
     return path, ("nvlaunch",)
 
 
@@ -112,15 +158,26 @@ def hook_entry(inv: Invocation, stage_arg: str = "prestart") -> dict:
     return {"path": inv.path, "args": inv.command("hook", stage_arg), "env": list(inv.env)}
 
 
+DOCKER_GPU_HOOK = "nvidia-container-runtime-hook"
+
+
 def is_nvlaunch_hook(entry) -> bool:
-    """An entry hook_entry() made: `nvlaunch hook ...`, or PYTHON -S .../nvlaunch hook ..."""
+    """An entry hook_entry() made: `nvlaunch hook ...`, or PYTHON [-I] -S .../nvlaunch hook ...
+    (or the package form, PYTHON -I -S -c ... hook); or the prestart hook dockerd adds for
+    `--gpus` (`nvidia-container-runtime-hook prestart`: `setup docker` installs nvlaunch
+    under that name, and where it is NVIDIA's, that one injects): either injects the GPUs,
+    so a second hook must not be added."""
     if not isinstance(entry, dict):
         return False
+    path = entry.get("path")
+    if isinstance(path, str) and os.path.basename(path) == DOCKER_GPU_HOOK:
+        return True
     args = entry.get("args")
     if not isinstance(args, list):
-        args = []
-    for i in (1, 3):
-        if args[i:i + 1] == ["hook"] and os.path.basename(str(args[i - 1])) == "nvlaunch":
+        return False
+    for i in range(1, min(len(args), 7)):
+        if args[i] == "hook" and (os.path.basename(str(args[i - 1])) == "nvlaunch"
+                                  or "nvlaunch.cli" in str(args[i - 1])):
             return True
     return False
 
@@ -152,12 +209,6 @@ def add_hook(config: dict, entry: dict, stage: str = "prestart") -> bool:
 
 
 def shell_line(inv: Invocation, *args: str) -> str:
-    """The invocation as one /bin/sh command line (LXC runs hooks with sh -c), its
-    PYTHONPATH carried by env(1) where the package form needs one."""
+    """The invocation as one /bin/sh command line (LXC runs hooks with sh -c)."""
     import shlex
-    words: list[str] = []
-    extra = [e for e in inv.env if e.startswith("PYTHONPATH=")]
-    if extra:
-        words += [shutil.which("env") or "/usr/bin/env"] + extra
-    words += [inv.path] + list(inv.argv[1:]) + list(args)
-    return shlex.join(words)
+    return shlex.join([inv.path] + list(inv.argv[1:]) + list(args))

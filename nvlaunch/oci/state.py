@@ -7,10 +7,10 @@ selection variables (selection_env): nothing else of the container can reach a h
 from __future__ import annotations
 
 import os
+import stat
 
 from nvlaunch.core import errors as E
 from nvlaunch.core import jsonread
-from nvlaunch.core.files import load_json_object
 
 
 # The container variables the hook reads: nothing else of config.json's process.env.
@@ -19,8 +19,18 @@ SELECT_VARS = ("NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "NVIDIA_D
 REQUIRE_PREFIX = "NVIDIA_REQUIRE_"
 
 
+MAX_STATE = 1 << 20           # a state is a few hundred bytes; its annotations add some KB
+MAX_CONFIG = 16 << 20         # config.json: a few KB, annotations and hooks included
+
+
 def read_state(data: bytes | str) -> dict:
-    """The OCI state JSON (runtime.md "State") -> dict; checks the fields the hook uses."""
+    """The OCI state JSON (runtime.md "State") -> dict; checks the fields the hook uses.
+    More than MAX_STATE bytes is refused before anything is parsed."""
+    if isinstance(data, str) and len(data) > MAX_STATE // 4:
+        data = data.encode("utf-8", errors="surrogatepass")
+    if len(data) > MAX_STATE:
+        raise E.UsageError(f"OCI state on stdin: larger than {MAX_STATE >> 20} MiB "
+                           f"({len(data)} bytes)")
     if isinstance(data, bytes):
         data = data.decode("utf-8", errors="replace")
     if not data.strip():
@@ -42,7 +52,42 @@ def read_state(data: bytes | str) -> dict:
 
 
 def load_config(bundle: str) -> dict:
-    return load_json_object(os.path.join(bundle, "config.json"))
+    """The bundle's config.json as a dict; UsageError naming the file otherwise.
+
+    Opened without blocking (O_NONBLOCK: a FIFO planted as config.json must not hang
+    the runtime that waits for its hook) and refused unless a regular file of at most
+    MAX_CONFIG bytes: a hook never reads /dev/zero or a FIFO to its end."""
+    path = os.path.join(bundle, "config.json")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise E.UsageError(f"{path}: {err.strerror or err}", errno=err.errno) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise E.UsageError(f"{path}: not a regular file")
+        if st.st_size > MAX_CONFIG:
+            raise E.UsageError(f"{path}: larger than {MAX_CONFIG >> 20} MiB")
+        chunks, size = [], 0
+        while size <= MAX_CONFIG:          # the file may grow between fstat and here
+            chunk = os.read(fd, min(MAX_CONFIG + 1 - size, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as err:
+        raise E.UsageError(f"{path}: {err.strerror or err}", errno=err.errno) from None
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG:
+        raise E.UsageError(f"{path}: larger than {MAX_CONFIG >> 20} MiB")
+    try:
+        config = jsonread.loads(b"".join(chunks))
+    except ValueError as err:
+        raise E.UsageError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise E.UsageError(f"{path}: not a JSON object")
+    return config
 
 
 def container_rootfs(state: dict, config: dict) -> str:

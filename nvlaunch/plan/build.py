@@ -173,7 +173,7 @@ def _imex_channels(req: Request) -> list[int]:
     out = []
     for item in raw.split(","):
         item = item.strip()
-        if not item.isdigit():
+        if not (item.isascii() and item.isdigit()) or len(item) > 9:
             raise SelectionError(f"NVIDIA_IMEX_CHANNELS: {item!r} is not a channel number")
         out.append(int(item))
     return out

@@ -140,18 +140,16 @@ def store(k: Key, reads: tuple[tuple[str, str], ...], plan: P.Plan) -> None:
     if directory is None:
         return
     seen = fingerprint(reads)
-    path = _file(directory, k)
-    tmp = f"{path}.{os.getpid()}"
+    from nvlaunch.core.files import replace_in_dir
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(marshal.dumps((k, reads, seen, _encode(plan))))
-        os.rename(tmp, path)
-    except (OSError, ValueError):
+        data = marshal.dumps((k, reads, seen, _encode(plan)))
+        dirfd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+            replace_in_dir(dirfd, os.path.basename(_file(directory, k)), data, 0o600)
+        finally:
+            os.close(dirfd)
+    except (OSError, ValueError):
+        pass       # a cache that cannot be written costs the next start its plan, no more
     _prune(directory)
 
 

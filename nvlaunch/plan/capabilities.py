@@ -7,7 +7,7 @@ table of device nodes (besides the GPUs' own) a container gets, used by the plan
 """
 from __future__ import annotations
 
-from nvlaunch.core.errors import UsageError
+from nvlaunch.core.errors import UsageError, quote
 from nvlaunch.host.driver_files import (ALL_CAPABILITIES, ANY, CAPABILITIES, DEFAULT_CAPABILITIES, Driver,
                                         DriverFile)
 
@@ -49,7 +49,7 @@ def parse_capabilities(text: str | None) -> frozenset[str]:
         elif name in CAPABILITIES:
             out.add(name)
         else:
-            raise UsageError(f"unknown driver capability {name!r} in {text!r}",
+            raise UsageError(f"unknown driver capability {quote(name)} in {quote(text)}",
                              hint="want a comma list of " + ", ".join(CAPABILITIES) + ", or all")
     return frozenset(out)
 
@@ -59,7 +59,7 @@ def _expand(capabilities: Collection[str]) -> tuple[set[str], set[str]]:
     caps = set(ALL_CAPABILITIES if "all" in capabilities else capabilities)
     unknown = caps - ALL_CAPABILITIES
     if unknown:
-        raise UsageError(f"unknown driver capability {sorted(unknown)[0]!r}",
+        raise UsageError(f"unknown driver capability {quote(sorted(unknown, key=str)[0])}",
                          hint="want " + ", ".join(CAPABILITIES) + ", or all")
     full: set[str] = set()
     todo = list(caps)

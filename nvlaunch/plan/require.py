@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 
-from nvlaunch.core.errors import RequirementError
+from nvlaunch.core.errors import RequirementError, quote
 from nvlaunch.core.records import record
 
 TYPE_CHECKING = False
@@ -41,7 +41,7 @@ _FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 
 OPS = ("!=", "<=", ">=", "=", "<", ">")       # two-character ones first
 KEYS = ("cuda", "driver", "arch", "brand")
-_ATOM = re.compile(r"^([A-Za-z_]+)\s*(!=|<=|>=|=|<|>)\s*(\S.*)$")
+_ATOM = re.compile(r"^([A-Za-z_]+)\s*(!=|<=|>=|=|<|>)\s*(\S.*)$", re.DOTALL)
 
 CUDA_HINT = ("please update your driver to a newer version, or use an earlier cuda "
              "container")
@@ -72,18 +72,24 @@ class Condition:
         return f"{self.key}{self.op}{self.value}"
 
 
-def _parse_version(text: str) -> tuple[int, ...] | None:
-    """"12.2.0" -> (12, 2); None if a field is not a number."""
+# A version field as a key that orders as its number does: (digits, digits without the
+# leading zeros).  Never int(): it takes other scripts' digits, refuses superscripts
+# ("²".isdigit() is true) and numbers of more than 4300 digits.
+_Field = tuple[int, str]
+
+
+def _parse_version(text: str) -> tuple[_Field, ...] | None:
+    """"12.2.0" -> keys of (12, 2); None unless every field is ASCII digits."""
     parts = text.strip().split(".")
-    if not all(p.isdigit() for p in parts):
+    if not all(p.isascii() and p.isdigit() for p in parts):
         return None
-    nums = [int(p) for p in parts]
-    while len(nums) > 1 and nums[-1] == 0:
+    nums = [(len(d), d) for d in (p.lstrip("0") for p in parts)]
+    while len(nums) > 1 and nums[-1] == (0, ""):
         nums.pop()
     return tuple(nums)
 
 
-def _compare(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+def _compare(a: tuple[_Field, ...], b: tuple[_Field, ...]) -> int:
     return (a > b) - (a < b)
 
 
@@ -97,17 +103,17 @@ def parse_condition(text: str, var: str = "") -> Condition:
     m = _ATOM.match(text.strip())
     where = f" in {var}" if var else ""
     if not m:
-        raise RequirementError(f"invalid requirement {text!r}{where}",
+        raise RequirementError(f"invalid requirement {quote(text)}{where}",
                                hint="want name op value, op one of " + " ".join(OPS))
     key, op, value = m.group(1).lower(), m.group(2), m.group(3).strip()
     if key not in KEYS:
-        raise RequirementError(f"invalid requirement {text!r}{where}: unknown name {key!r}",
+        raise RequirementError(f"invalid requirement {quote(text)}{where}: unknown name {quote(key)}",
                                hint="want one of " + ", ".join(KEYS))
     if key == "brand":
         if op not in ("=", "!="):
-            raise RequirementError(f"invalid requirement {text!r}{where}: brand takes = or !=")
+            raise RequirementError(f"invalid requirement {quote(text)}{where}: brand takes = or !=")
     elif _parse_version(value) is None:
-        raise RequirementError(f"invalid requirement {text!r}{where}: {value!r} is not a "
+        raise RequirementError(f"invalid requirement {quote(text)}{where}: {quote(value)} is not a "
                                "version")
     return Condition(key, op, value)
 
@@ -130,7 +136,7 @@ def requirements(env: Mapping[str, str]) -> list[tuple[str, str]]:
     cuda_version = env.get("CUDA_VERSION", "").strip()
     if cuda_version and "NVIDIA_REQUIRE_CUDA" not in env:
         # A legacy CUDA image: require its own CUDA major.minor.
-        m = re.match(r"^(\d+)\.(\d+)", cuda_version)
+        m = re.match(r"^([0-9]+)\.([0-9]+)", cuda_version)
         if m:
             out.append(("CUDA_VERSION", f"cuda>={m.group(1)}.{m.group(2)}"))
     return sorted(out)

@@ -7,12 +7,18 @@ MIG-<uuid>).  Items are matched in libnvidia-container's order (src/cli/common.c
 select_gpu_device): full GPU UUID, PCI bus id, index, MIG UUID, G:M; nvlaunch adds
 unique UUID prefixes (nvidia-docker 1.0's NV_GPU).  MIG UUIDs are known only through
 NVML (host.gpus.nvml_mig_uuids), asked only when a MIG form needs it.
+
+Inside a scheduler's allocation (host.allocation: a Slurm step, a device cgroup that lets
+only some GPUs through) `all` means the allocation's GPUs and indices count within it, in
+PCI order; a GPU of the host outside it is an error that names it.  allocation_spec()
+does that for a front end: it turns the request into the selected GPUs' UUIDs before a
+Request is made, so the plan (and the plan cache's key) holds host GPUs only.
 """
 from __future__ import annotations
 
 import os
 
-from nvlaunch.core.errors import SelectionError
+from nvlaunch.core.errors import SelectionError, quote
 from nvlaunch.core.records import record
 from nvlaunch.host.gpus import (CAPS_DIR, Gpu, MigDevice, enumerate_migs, format_bus_id, mig_minors,
                                 nvml_mig_uuids, parse_bus_id)
@@ -20,7 +26,7 @@ from nvlaunch.host.view import HostView
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
 
 MODE_VOID = "void"        # nothing injected: not a GPU container
@@ -53,11 +59,26 @@ class Selection:
 
 
 # MIG-GPU-<gpu uuid>/<gi>/<ci>: the pre-R470 MIG UUID form, which names its parent.
-_MIG_OLD = r"^MIG-(GPU-[0-9a-fA-F-]+)/([0-9]+)/([0-9]+)$"
+_MIG_OLD = r"^MIG-(GPU-[0-9a-fA-F-]+)/([0-9]{1,9})/([0-9]{1,9})$"
+
+# More than any host has: an index beyond it is unknown, and int() never sees a number
+# too long for it (it refuses more than 4300 digits).
+_INDEX_MAX = 1 << 20
 
 
 def _is_index(item: str) -> bool:
+    """ASCII digits only: str.isdigit() alone takes "١" and "²" too."""
     return item.isascii() and item.isdigit()
+
+
+def _index(item: str) -> int:
+    """An _is_index() item as a number, capped at _INDEX_MAX (no GPU has that index)."""
+    digits = item.lstrip("0") or "0"
+    return _INDEX_MAX if len(digits) > len(str(_INDEX_MAX)) else min(int(digits), _INDEX_MAX)
+
+
+def _shown(n: int) -> str:
+    return f"{n}" if n < _INDEX_MAX else f"{_INDEX_MAX} or more"
 
 
 def _mig_index(item: str) -> tuple[str, str] | None:
@@ -82,7 +103,7 @@ class _MigContext:
 
     def need_host(self, item: str) -> None:
         if self.host is None:
-            raise SelectionError(f"MIG device {item!r}: the host's /proc is needed to find it")
+            raise SelectionError(f"MIG device {quote(item)}: the host's /proc is needed to find it")
 
     def migs(self, gpu: Gpu) -> tuple[MigDevice, ...]:
         if gpu.index not in self._migs:
@@ -120,9 +141,27 @@ def _all(gpus: Sequence[Gpu], host: HostView | None) -> Selection:
     return Selection(tuple(gpus), tuple(migs), MODE_DEVICES)
 
 
-def _by_uuid(item: str, gpus: Sequence[Gpu]) -> Gpu:
+@record
+class _Scope:
+    """An allocation's view: `outside` are the host's GPUs it does not hold."""
+    outside: tuple[Gpu, ...]
+    source: str
+
+    def check(self, item: str, found: Gpu | None) -> None:
+        if found is not None:
+            raise SelectionError(
+                f"GPU {quote(item)} ({found.uuid}, {found.bus_id}) is outside this allocation "
+                f"({self.source})", hint="select the GPUs of the allocation: all, or indices "
+                "counted within it")
+
+
+def _by_uuid(item: str, gpus: Sequence[Gpu], scope: _Scope | None = None) -> Gpu:
     """A full GPU UUID (case-insensitive) or a unique prefix of one."""
     low = item.lower()
+    if scope is not None and not any(g.uuid.lower().startswith(low) for g in gpus):
+        matches = [g for g in scope.outside if g.uuid.lower().startswith(low)]
+        if len(matches) == 1 and len(item) > len("GPU-"):
+            scope.check(item, matches[0])
     for g in gpus:
         if g.uuid.lower() == low:
             return g
@@ -130,10 +169,10 @@ def _by_uuid(item: str, gpus: Sequence[Gpu]) -> Gpu:
     if len(matches) == 1 and len(item) > len("GPU-"):
         return matches[0]
     if len(matches) > 1:
-        raise SelectionError(f"ambiguous GPU UUID prefix {item!r}: matches "
+        raise SelectionError(f"ambiguous GPU UUID prefix {quote(item)}: matches "
                              + ", ".join(g.uuid for g in matches),
                              hint="give more of the UUID")
-    raise SelectionError(f"unknown GPU {item!r}: no GPU has this UUID",
+    raise SelectionError(f"unknown GPU {quote(item)}: no GPU has this UUID",
                          hint="see `nvidia-smi -L` or `nvlaunch info`")
 
 
@@ -144,16 +183,16 @@ def _by_mig_uuid(item: str, gpus: Sequence[Gpu], ctx: _MigContext) -> MigDevice:
     if m:
         parent = next((g for g in gpus if g.uuid.lower() == m.group(1).lower()), None)
         if parent is None:
-            raise SelectionError(f"unknown MIG device {item!r}: no GPU {m.group(1)}")
+            raise SelectionError(f"unknown MIG device {quote(item)}: no GPU {m.group(1)}")
         gi, ci = int(m.group(2)), int(m.group(3))
         mig = next((x for x in ctx.migs(parent) if (x.gi, x.ci) == (gi, ci)), None)
         if mig is None:
-            raise SelectionError(f"unknown MIG device {item!r}: GPU {parent.index} has no "
+            raise SelectionError(f"unknown MIG device {quote(item)}: GPU {parent.index} has no "
                                  f"GPU instance {gi} / compute instance {ci}")
         return MigDevice(parent, gi, ci, item, mig.cap_minors)
     table = ctx.nvml()
     if table is None:
-        raise SelectionError(f"cannot resolve MIG device {item!r}: NVML is unavailable "
+        raise SelectionError(f"cannot resolve MIG device {quote(item)}: NVML is unavailable "
                              f"({ctx.nvml_error})", hint="select it as G:M instead")
     for (parent_uuid, gi, ci), uuid in table.items():
         if uuid.lower() == item.lower():
@@ -163,7 +202,7 @@ def _by_mig_uuid(item: str, gpus: Sequence[Gpu], ctx: _MigContext) -> MigDevice:
             mig = next((x for x in ctx.migs(parent) if (x.gi, x.ci) == (gi, ci)), None)
             caps = mig.cap_minors if mig else ()
             return MigDevice(parent, gi, ci, uuid, caps)
-    raise SelectionError(f"unknown MIG device {item!r}: no MIG device has this UUID",
+    raise SelectionError(f"unknown MIG device {quote(item)}: no MIG device has this UUID",
                          hint="see `nvidia-smi -L`")
 
 
@@ -171,29 +210,33 @@ def _by_mig_index(item: str, gpu_index: int, mig_index: int, gpus: Sequence[Gpu]
                   ctx: _MigContext) -> MigDevice:
     ctx.need_host(item)
     if gpu_index >= len(gpus):
-        raise SelectionError(f"unknown MIG device {item!r}: no GPU with index {gpu_index} "
+        raise SelectionError(f"unknown MIG device {quote(item)}: no GPU with index {_shown(gpu_index)} "
                              f"({_count(gpus)})")
     migs = ctx.migs(gpus[gpu_index])
     if mig_index >= len(migs):
         have = f"it has {len(migs)}" if migs else "MIG is off or it has no MIG devices"
-        raise SelectionError(f"unknown MIG device {item!r}: GPU {gpu_index} has no MIG device "
-                             f"{mig_index} ({have})")
+        raise SelectionError(f"unknown MIG device {quote(item)}: GPU {gpu_index} has no MIG device "
+                             f"{_shown(mig_index)} ({have})")
     return ctx.with_uuid(migs[mig_index])
 
 
-def _count(gpus: Sequence[Gpu]) -> str:
+def _count(gpus: Sequence[Gpu], scope: _Scope | None = None) -> str:
     n = len(gpus)
-    return "this host has no GPUs" if n == 0 else \
-        f"this host has {n} GPU{'s' if n > 1 else ''}: 0" + (f"-{n - 1}" if n > 1 else "")
+    what = f"this allocation ({scope.source})" if scope is not None else "this host"
+    return f"{what} has no GPUs" if n == 0 else \
+        f"{what} has {n} GPU{'s' if n > 1 else ''}: 0" + (f"-{n - 1}" if n > 1 else "")
 
 
-def select_gpus(spec: str | None, gpus: Iterable[Gpu], host: HostView | None = None) -> Selection:
+def select_gpus(spec: str | None, gpus: Iterable[Gpu], host: HostView | None = None,
+                scope: _Scope | None = None) -> Selection:
     """Parse a --gpus / NVIDIA_VISIBLE_DEVICES value against `gpus` (enumerate_gpus order).
 
     SelectionError names the offending item: an unknown index, UUID or bus id, an
     ambiguous UUID prefix, a MIG device that does not exist, or bad syntax.  Duplicates
     are dropped and the request's order kept; a MIG device also selects its parent GPU.
-    `host` is needed for MIG devices (and to list MIG devices for "all").
+    `host` is needed for MIG devices (and to list MIG devices for "all").  With `scope`
+    (allocation_spec), `gpus` are an allocation's and a GPU of the host outside it is an
+    error saying so.
     """
     gpus = tuple(gpus)
     items = [s.strip() for s in (spec or "").split(",")]
@@ -204,12 +247,12 @@ def select_gpus(spec: str | None, gpus: Iterable[Gpu], host: HostView | None = N
         return Selection(mode=MODE_NONE)
     if "all" in items:
         if len(set(items)) > 1:
-            raise SelectionError(f"bad GPU list {spec!r}: 'all' cannot be combined with "
+            raise SelectionError(f"bad GPU list {quote(spec)}: 'all' cannot be combined with "
                                  "other devices")
         return _all(gpus, host)
     for word in ("none", "void"):
         if word in items:
-            raise SelectionError(f"bad GPU list {spec!r}: {word!r} cannot be combined with "
+            raise SelectionError(f"bad GPU list {quote(spec)}: {word!r} cannot be combined with "
                                  "other devices")
     ctx = _MigContext(host, gpus)
     chosen: list[Gpu] = []
@@ -219,25 +262,27 @@ def select_gpus(spec: str | None, gpus: Iterable[Gpu], host: HostView | None = N
         mig: MigDevice | None = None
         bus = parse_bus_id(item)
         if item[:4].upper() == "GPU-":
-            gpu = _by_uuid(item, gpus)
+            gpu = _by_uuid(item, gpus, scope)
         elif bus is not None:
             gpu = next((g for g in gpus if parse_bus_id(g.bus_id) == bus), None)
+            if gpu is None and scope is not None:
+                scope.check(item, next((g for g in scope.outside if parse_bus_id(g.bus_id) == bus), None))
             if gpu is None:
-                raise SelectionError(f"unknown GPU {item!r}: no GPU at PCI bus id "
+                raise SelectionError(f"unknown GPU {quote(item)}: no GPU at PCI bus id "
                                      f"{format_bus_id(bus, nvml=True)}")
         elif _is_index(item):
-            n = int(item)
+            n = _index(item)
             if n >= len(gpus):
-                raise SelectionError(f"unknown GPU {item!r}: no GPU with index {n} "
-                                     f"({_count(gpus)})")
+                raise SelectionError(f"unknown GPU {quote(item)}: no GPU with index "
+                                     f"{_shown(n)} ({_count(gpus, scope)})")
             gpu = gpus[n]
         elif item[:4].upper() == "MIG-":
             mig = _by_mig_uuid(item, gpus, ctx)
         elif (index := _mig_index(item)) is not None:
             g, m = index
-            mig = _by_mig_index(item, int(g), int(m), gpus, ctx)
+            mig = _by_mig_index(item, _index(g), _index(m), gpus, ctx)
         else:
-            raise SelectionError(f"unknown device {item!r}", hint=_SYNTAX)
+            raise SelectionError(f"unknown device {quote(item)}", hint=_SYNTAX)
         if mig is not None:
             if not any((x.gpu.uuid, x.gi, x.ci) == (mig.gpu.uuid, mig.gi, mig.ci) for x in migs):
                 migs.append(mig)
@@ -246,3 +291,45 @@ def select_gpus(spec: str | None, gpus: Iterable[Gpu], host: HostView | None = N
         if gpu not in chosen:
             chosen.append(gpu)
     return Selection(tuple(chosen), tuple(migs), MODE_DEVICES)
+
+
+def allocation_spec(spec: str | None, host: HostView, environ: Mapping[str, str] | None = None
+                    ) -> str | None:
+    """`spec` (--gpus / NVIDIA_VISIBLE_DEVICES syntax) as the caller's allocation reads it,
+    in host terms: outside any allocation `spec` itself; inside one (host.allocation) the
+    selected GPUs' UUIDs (MIG devices as MIG-<gpu uuid>/<gi>/<ci>), or "none" where the
+    allocation holds none.  void/none pass through without a look at the host.
+    `environ`: the caller's environment (default os.environ).  SelectionError names a GPU
+    outside the allocation, an index beyond it, or a Slurm grant that cannot be mapped."""
+    items = [s.strip() for s in (spec or "").split(",")]
+    items = [s for s in items if s]
+    if not items or items in (["void"], ["none"]):
+        return spec
+    from nvlaunch.host.allocation import read_allocation
+    from nvlaunch.host.gpus import enumerate_gpus
+    gpus = enumerate_gpus(host)
+    alloc = read_allocation(host, environ, gpus)
+    if alloc is None:
+        return spec
+    held = set(alloc.minors)
+    inside = tuple(g for g in gpus if g.minor in held)
+    scope = _Scope(tuple(g for g in gpus if g.minor not in held), alloc.source)
+    sel = select_gpus(spec, inside, host, scope)
+    parents = {m.gpu.uuid for m in sel.migs}
+    names = [g.uuid for g in sel.gpus if g.uuid not in parents]
+    names += [f"MIG-{m.gpu.uuid}/{m.gi}/{m.ci}" for m in sel.migs]
+    return ",".join(names) or "none"
+
+
+VISIBLE_VARS = ("CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
+
+
+def renumbered_env(env: Iterable[tuple[str, str]], spec: str | None) -> list[tuple[str, str]]:
+    """A container environment whose CUDA_VISIBLE_DEVICES / GPU_DEVICE_ORDINAL (inherited
+    from a Slurm task, say, where they count the host's or the cgroup's GPUs) count the
+    devices of `spec` (an allocation_spec() result) instead: 0..n-1, as the container
+    sees them.  Variables that are absent stay absent."""
+    items = [s for s in (x.strip() for x in (spec or "").split(",")) if s]
+    n = 0 if items in ([], ["void"], ["none"]) else len(items)
+    value = ",".join(str(i) for i in range(n))
+    return [(k, value if k in VISIBLE_VARS else v) for k, v in env]

@@ -68,13 +68,10 @@ DEVICE_PERMISSIONS = "rw"    # as the toolkit's cgroup rules: open, not mknod
 
 
 def _version_tuple(v: str) -> tuple:
-    try:
-        parts = tuple(int(x) for x in v.split("."))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3:
+    fields = v.split(".") if isinstance(v, str) else []
+    if len(fields) != 3 or not all(f.isascii() and f.isdigit() and len(f) <= 9 for f in fields):
         raise UsageError(f"--cdi-version {v}: expected a version like 0.5.0")
-    return parts
+    return tuple(int(f) for f in fields)
 
 
 def check_cdi_version(v: str) -> str:
@@ -232,7 +229,7 @@ def render(spec: dict, fmt: str) -> str:
 
 
 def format_for(path: str | None, fmt: str | None) -> str:
-    if fmt:
+    if fmt is not None:
         if fmt not in ("json", "yaml"):
             raise UsageError(f"--format {fmt}: expected json or yaml")
         return fmt
@@ -255,7 +252,12 @@ SPEC_OPTS = {
 
 
 def spec_from_options(host, hook: Invocation, opts: dict) -> tuple[dict, str]:
-    """(spec, format) for parsed SPEC_OPTS."""
+    """(spec, format) for parsed SPEC_OPTS; the options are checked before the host is read."""
+    fmt = format_for(opts.get("output"), opts.get("format"))
+    if "output" in opts and not opts["output"]:
+        raise UsageError("--output '': want a file name, or - for stdout")
+    if "hook_path" in opts and not opts["hook_path"]:
+        raise UsageError("--hook-path '': want the absolute path of the nvlaunch executable")
     spec = build_spec(host, hook, cdi_version=opts.get("cdi_version", DEFAULT_CDI_VERSION),
                       capabilities=opts.get("capabilities", DEFAULT_CAPABILITIES))
-    return spec, format_for(opts.get("output"), opts.get("format"))
+    return spec, fmt

@@ -43,3 +43,18 @@ def print_plan(plan, out) -> None:
         out.write(f"ldcache {soname} => {path}\n")
     for k, v in plan.env:
         out.write(f"env     {k}={v}\n")
+
+
+def print_run(cfg, out) -> None:
+    """The rest of what `run` would do, after the plan (`run --dry-run`): `cfg` is the
+    exec.runroot.RunConfig it would start."""
+    out.write(f"rootfs  {cfg.rootfs}{' (read-only)' if cfg.readonly else ''}\n")
+    out.write(f"command {' '.join(cfg.argv)}\n")
+    out.write(f"user    {cfg.uid}:{cfg.gid}  workdir {cfg.workdir}  net {cfg.net}\n")
+    out.write(f"layer   {('overlay ' + cfg.overlay) if cfg.overlay else 'tmpfs size=' + cfg.tmpfs_size}\n")
+    for b in cfg.binds:
+        out.write(f"bind    {b.dst}  <- {b.src}{' (ro)' if b.readonly else ''}\n")
+    for path, data in cfg.etc_files:
+        out.write(f"file    {path}  ({len(data)} bytes)\n")
+    for key, value in cfg.defaults + cfg.plan.env + cfg.env:
+        out.write(f"env     {key}={value}\n")

@@ -5,10 +5,12 @@ import os
 import sys
 
 from nvlaunch.core.argv import parse_command
+from nvlaunch.core.errors import UsageError, quote
 from nvlaunch.core.files import write_atomic
 from nvlaunch.host.view import HostView
 from nvlaunch.oci.hooks import invocation
 from nvlaunch.render.cdi import SPEC_MODE, SPEC_OPTS, device_names, render, spec_from_options
+from nvlaunch.setup.common import make_dirs, remove_dirs
 
 DEFAULT_SPEC_PATH = "/etc/cdi/nvidia.json"
 SPEC_DIRS = ("/etc/cdi", "/var/run/cdi")          # where runtimes look for specs
@@ -62,8 +64,14 @@ def setup_cdi(args: list, gopts: dict | None = None) -> int:
     if dry_run:
         sys.stdout.write(f"# would write {path} (mode 0644)\n{text}")
         return 0
-    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
-    write_atomic(path, text, SPEC_MODE)
+    if path.endswith("/") or os.path.isdir(path):
+        raise UsageError(f"--output {quote(path)}: not a file name (it names a directory)")
+    made = make_dirs(os.path.dirname(os.path.abspath(path)))
+    try:
+        write_atomic(path, text, SPEC_MODE)
+    except OSError as err:
+        remove_dirs(made)
+        raise UsageError(f"--output {quote(path)}: {err.strerror or err}", errno=err.errno) from None
     sys.stdout.write(f"wrote {path}: " + ", ".join(device_names(spec)) + "\n"
                      f"use: podman run --device {spec['kind']}=all ...\n")
     return 0

@@ -12,7 +12,7 @@ import re
 import shlex
 
 from nvlaunch.core import errors as E
-from nvlaunch.setup.common import RUNTIME_NAME, Writer, executable, hook
+from nvlaunch.setup.common import RUNTIME_NAME, Writer, executable, hook, read_text
 
 DEFAULT_CONFIG = "/etc/containerd/config.toml"
 DEFAULT_WRAPPER = "/usr/local/bin/nvlaunch-runtime"
@@ -25,8 +25,13 @@ RUNTIME_TABLES = {1: 'plugins.cri.containerd.runtimes',
 
 
 def _toml_version(text: str) -> int:
-    m = re.search(r"(?m)^\s*version\s*=\s*(\d+)", text)
-    return int(m.group(1)) if m else 1
+    m = re.search(r"(?m)^\s*version\s*=\s*(\S*)", text)
+    if not m:
+        return 1
+    raw = m.group(1)
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 3:
+        raise E.UsageError(f"containerd config: version = {E.quote(raw)} is not a config version")
+    return int(raw)
 
 
 def containerd_block(version: int, name: str, wrapper: str) -> str:
@@ -76,13 +81,7 @@ def setup_containerd(gopts: dict, opts: dict, w: Writer) -> int:
     dest = opts.get("config") or DEFAULT_CONFIG
     name = opts.get("runtime_name") or RUNTIME_NAME
     wrapper = opts.get("wrapper") or DEFAULT_WRAPPER
-    try:
-        with open(dest, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        text = ""
-    except OSError as err:
-        raise E.UsageError(f"{dest}: {err.strerror}") from None
+    text = read_text(dest) or ""
     merged = containerd_merge(text, name, wrapper)
     w.write(wrapper, wrapper_script(*executable(hook(gopts, opts), "setup containerd")), 0o755,
             backup=False)

@@ -13,6 +13,7 @@ from nvlaunch.plan.build import build_plan
 from nvlaunch.plan.request import Request
 from nvlaunch.render.lxc import (DEFAULT_CAPABILITIES, DEFAULT_GPUS, config_block, has_other_hooks,
                                  updated_config)
+from nvlaunch.setup.common import hook_path_opt, read_text
 
 LXC_PATH = "/var/lib/lxc"
 SETUP_OPTS = {
@@ -57,24 +58,23 @@ def setup_lxc(args: list, gopts: dict | None = None) -> int:
     if not names and not opts.get("config"):
         raise UsageError("setup lxc: need the container NAME (or --config PATH)")
     config = opts.get("config") or os.path.join(opts.get("lxcpath", LXC_PATH), names[0], "config")
-    try:
-        with open(config, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        if not dry_run:
-            raise UsageError(f"setup lxc: {config}: no such file (create the container first, "
-                             "or pass --config)") from None
-        text = ""
+    found = read_text(config)
+    if found is None and not dry_run:
+        raise UsageError(f"setup lxc: {config}: no such file (create the container first, "
+                         "or pass --config)")
+    text = found or ""
     version = 0 if has_other_hooks(text) else 1
     gpus, caps = opts.get("gpus", DEFAULT_GPUS), opts.get("capabilities", DEFAULT_CAPABILITIES)
     plan = build_plan(Request(gpus=gpus, capabilities=caps), HostView.from_options(gopts))
-    block = config_block(plan, hook_line(gopts, opts.get("hook_path")), gpus, caps,
+    block = config_block(plan, hook_line(gopts, hook_path_opt(opts)), gpus, caps,
                          hook_version=version)
     if dry_run:
         sys.stdout.write(block)
         return 0
-    mode = os.stat(config).st_mode & 0o7777
-    write_atomic(config, updated_config(text, block), mode)
+    try:
+        write_atomic(config, updated_config(text, block), os.stat(config).st_mode & 0o7777)
+    except OSError as err:
+        raise UsageError(f"setup lxc: {config}: {err.strerror or err}", errno=err.errno) from None
     sys.stdout.write(f"updated {config}\n")
     if version == 0:
         sys.stdout.write("note: the config has other hooks, so lxc.hook.version is left as it "

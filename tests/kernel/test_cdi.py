@@ -174,6 +174,17 @@ def test_podman_root_gpu_by_index(fake, make_rootfs, work, ldcache_command_wired
         f"libcuda.so.{DEFAULT_DRIVER_VERSION}"
 
 
+def test_podman_root_read_only_rootfs(fake, make_rootfs, work, ldcache_command_wired):
+    """`podman run --read-only`: runc makes the root read-only only after the
+    createContainer hooks ran, so the spec's hook still makes its links and cache."""
+    rootfs = make_rootfs(probe=True)
+    r = podman(PODMAN_RUN + ["--read-only", "--device", "nvidia.com/gpu=1", "--rootfs", rootfs,
+                             "/bin/sh", "-c", SCRIPT + "; touch /x 2>&1; true"], work, generate(fake))
+    assert r.returncode == 0, r.stdout + r.stderr
+    check_gpu_container(r.stdout, fake.gpus[1])
+    assert "Read-only file system" in r.stdout, r.stdout      # the root was read-only
+
+
 def test_podman_root_gpu_by_uuid_and_yaml(fake, make_rootfs, work, ldcache_command_wired):
     """The same through the UUID name, with the spec as YAML."""
     import yaml

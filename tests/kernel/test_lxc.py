@@ -30,7 +30,7 @@ import pytest
 
 from tests.kernel.conftest import world_dir
 
-from tests.conftest import REPO, needs_root
+from tests.conftest import REPO, needs_root, tree_snapshot
 from tests.fakehost import DEFAULT_DRIVER_VERSION, parse_devices, parse_kv
 
 LXC_EXECUTE = shutil.which("lxc-execute") or shutil.which("lxc-execute", path="/usr/bin:/usr/sbin")
@@ -101,15 +101,24 @@ UNSHARE = shutil.which("unshare", path=PATH) or "unshare"
 MOUNT = shutil.which("mount", path=PATH) or "mount"
 
 
-def lxc_execute(work, name, config, path=PATH):
+def lxc_execute(work, name, config, path=PATH, subids=None):
     """lxc-execute in a private mount namespace whose /run/lxc is an empty tmpfs: LXC's
-    lock directories (/run/lxc/lock/<lxcpath>) are not left on the machine."""
+    lock directories (/run/lxc/lock/<lxcpath>) are not left on the machine.  `subids`
+    ("root:100000:65536"): /etc/subuid and /etc/subgid as docs/lxc.md says to set them
+    up, bound over the machine's in that namespace only."""
     log = os.path.join(work, f"{name}.log")
     os.makedirs(LXC_RUN_DIR, exist_ok=True)             # a mount point (only if missing)
     # (absolute paths: `path` may leave /usr/bin out, see NO_NEWUIDMAP_PATH)
+    binds = ""
+    if subids:
+        ids = os.path.join(work, "subids")
+        with open(ids, "w") as f:
+            f.write(subids + "\n")
+        os.chmod(ids, 0o644)
+        binds = "".join(f"{MOUNT} --bind {ids} /etc/{n}; " for n in ("subuid", "subgid"))
     private = [UNSHARE, "--mount", "--propagation", "private", "/bin/sh", "-euc",
-               f'{MOUNT} -t tmpfs -o mode=0755,size=1m nvlaunch-test-lxc {LXC_RUN_DIR}; exec "$@"',
-               "sh"]
+               f'{MOUNT} -t tmpfs -o mode=0755,size=1m nvlaunch-test-lxc {LXC_RUN_DIR}; {binds}'
+               'exec "$@"', "sh"]
     r = subprocess.run(private + [LXC_EXECUTE, "-n", name, "-P", os.path.join(work, "lxcpath"),
                                   "-f", config, "-o", log, "-l", "DEBUG", "--", "/bin/sh", "-c", SCRIPT],
                        capture_output=True, text=True, timeout=120, cwd="/",
@@ -214,8 +223,10 @@ def test_lxc_privileged_gpu0(fake, work, make_rootfs):
     name = _name("priv")
     rootfs = make_rootfs(probe=True)
     config = write_config(work, name, rootfs, setup_block(fake, work))
+    before = tree_snapshot(rootfs)
     r = lxc_execute(work, name, config)
     assert r.returncode == 0, r.stdout + r.stderr + r.log[-3000:]
+    assert tree_snapshot(rootfs) == before        # no leftovers: the hook's layers are gone
     devs = parse_devices(r.stdout)
     gpu = fake.gpus[0]
     assert list(gpu_nodes(devs)) == [f"/dev/nvidia{gpu.minor}"], r.stdout
@@ -260,14 +271,21 @@ def test_lxc_void_container(fake, work, make_rootfs):
 
 @needs_root("lxc-execute")
 @needs_lxc
-def test_lxc_unprivileged_gpu0(fake, work, make_rootfs):
+@pytest.mark.parametrize("path,subids", [(PATH, "root:100000:65536"), (NO_NEWUIDMAP_PATH, None)],
+                         ids=["documented-subids", "no-newuidmap"])
+def test_lxc_unprivileged_gpu0(fake, work, make_rootfs, path, subids):
+    """docs/lxc.md's set-up: root has the subordinate range of lxc.idmap in /etc/subuid and
+    /etc/subgid, and LXC keeps a full PATH (newuidmap writes the maps; hooks such as
+    lxcfs's find readlink and the rest).  Also the old way: no newuidmap on PATH."""
     name = _name("unpriv")
     rootfs = make_rootfs(probe=True)
     subprocess.run(["chown", "-R", "100000:100000", rootfs], check=True)
     idmap = "lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n"
     config = write_config(work, name, rootfs, setup_block(fake, work), extra=idmap)
-    r = lxc_execute(work, name, config, path=NO_NEWUIDMAP_PATH)
+    before = tree_snapshot(rootfs)
+    r = lxc_execute(work, name, config, path=path, subids=subids)
     assert r.returncode == 0, r.stdout + r.stderr + r.log[-3000:]
+    assert tree_snapshot(rootfs) == before        # no leftovers (overlay in the user namespace)
     devs = parse_devices(r.stdout)
     gpu = fake.gpus[0]
     assert list(gpu_nodes(devs)) == [f"/dev/nvidia{gpu.minor}"], r.stdout

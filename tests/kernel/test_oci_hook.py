@@ -201,6 +201,41 @@ def test_runc_injects_selected_gpus(work, host, wrapper, spec, stage, indices):
 
 
 @needs_runc
+@pytest.mark.parametrize("stage", ["prestart", "create-runtime", "create-container"])
+def test_runc_leaves_no_trace_in_the_rootfs(work, host, wrapper, stage):
+    """The hook's mount points, links and ld cache live in tmpfs layers of the container's
+    mount namespace: the rootfs is identical after `runc run` and after `runc delete`,
+    while the container saw every file (and /etc/hosts-like mounts of the runtime under a
+    layered directory stay visible)."""
+    hosts = os.path.join(work, "hosts")
+    with open(hosts, "w") as f:
+        f.write("10.9.8.7 from-the-runtime\n")
+    make_bundle(work, ["/bin/sh", "-c", PROBE + "; cat /etc/hosts; nvidia-smi -L; "
+                       "ls /etc/ld.so.cache /usr/lib/x86_64-linux-gnu/libcuda.so.1"],
+                env=["NVIDIA_VISIBLE_DEVICES=0"],
+                hooks={STAGE_KEYS[stage]: [hook_entry(wrapper, host, stage)]},
+                mounts=[{"destination": "/etc/hosts", "type": "bind", "source": hosts,
+                         "options": ["bind", "ro"]}])
+    rootfs = os.path.join(work, "rootfs")
+    open(os.path.join(rootfs, "etc/hosts"), "w").close()
+    before = tree_snapshot(rootfs)
+    with open(os.path.join(rootfs, "etc/ld.so.cache"), "rb") as f:
+        cache = f.read()
+    state = os.path.join(work, "state")
+    proc = subprocess.run([RUNC, "--root", state, "run", "--bundle", work, "c1"],
+                          capture_output=True, text=True, timeout=60, cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    expect_gpus(proc.stdout, host, [0])
+    expect_libcuda(proc.stdout)
+    assert "from-the-runtime" in proc.stdout and f"UUID: {host.gpus[0].uuid}" in proc.stdout
+    assert tree_snapshot(rootfs) == before             # after run, before delete
+    subprocess.run([RUNC, "--root", state, "delete", "-f", "c1"], capture_output=True)
+    assert tree_snapshot(rootfs) == before
+    with open(os.path.join(rootfs, "etc/ld.so.cache"), "rb") as f:
+        assert f.read() == cache
+
+
+@needs_runc
 def test_runc_system_libraries_for_a_minimal_rootfs(work, host, wrapper):
     """A rootfs with libc but without libm.so.6 / libpthread.so.0 and no ld cache: the
     hook binds the host's (libcuda and nvidia-smi need them) and lists them in the new
@@ -212,15 +247,20 @@ def test_runc_system_libraries_for_a_minimal_rootfs(work, host, wrapper):
     for name in SYSLIBS:
         os.unlink(os.path.join(lib, name))
     os.unlink(os.path.join(work, "rootfs/etc/ld.so.cache"))
-    # Twice on the same rootfs: the second start finds the first one's empty mount points
-    # and cache lines for libm/libpthread, which must not pass for the libraries.
+    # Twice on the same rootfs: the first start leaves nothing (the mount points were in
+    # the hook's tmpfs layer); before the second, empty files like those an in-place
+    # injection leaves (the fallback, or an older nvlaunch) must not pass for the libraries.
+    before = tree_snapshot(os.path.join(work, "rootfs"))
     for cid in ("c1", "c2"):
         proc = run_container(work, cid)
         assert proc.returncode == 0, proc.stderr
         expect_libcuda(proc.stdout)
         assert f"GPU 0: NVIDIA H200 (UUID: {host.gpus[0].uuid})" in proc.stdout, proc.stdout
         assert "realpath=/lib/x86_64-linux-gnu/libc.so.6" in proc.stdout, proc.stdout
-    assert os.path.getsize(os.path.join(work, "rootfs/usr/lib/x86_64-linux-gnu/libm.so.6")) == 0
+        if cid == "c1":
+            assert tree_snapshot(os.path.join(work, "rootfs")) == before
+            for name in SYSLIBS:
+                open(os.path.join(work, "rootfs/usr/lib/x86_64-linux-gnu", name), "w").close()
 
 
 needs_v2 = pytest.mark.skipif(not os.path.exists("/sys/fs/cgroup/cgroup.controllers")
@@ -318,12 +358,21 @@ def test_runc_user_namespace(work, host, wrapper):
     make_bundle(work, ["/bin/sh", "-c", PROBE], env=["NVIDIA_VISIBLE_DEVICES=all"],
                 hooks={"prestart": [hook_entry(wrapper, host)]}, userns=True,
                 rootfs_owner=100000)
+    before = tree_snapshot(os.path.join(work, "rootfs"))
+    with open(os.path.join(work, "config.json")) as f:
+        config = json.load(f)
+    config["process"]["args"][-1] += "; ls -lnd /usr/lib/x86_64-linux-gnu/libcuda.so.1 /usr/bin"
+    with open(os.path.join(work, "config.json"), "w") as f:
+        json.dump(config, f)
     proc = run_container(work)
     assert proc.returncode == 0, proc.stderr
     expect_gpus(proc.stdout, host, [0, 1])
     expect_libcuda(proc.stdout)
-    st = os.lstat(os.path.join(work, "rootfs/usr/lib/x86_64-linux-gnu/libcuda.so.1"))
-    assert (st.st_uid, st.st_gid) == (100000, 100000)
+    # the links and mount points the container sees are its root's (uid 0 inside), the
+    # layer's directories keep the rootfs's owner, and the rootfs itself is unchanged
+    assert re.search(r"^l\S+\s+\d+\s+0\s+0\s.*libcuda.so.1 ->", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^d\S+\s+\d+\s+0\s+0\s.*/usr/bin$", proc.stdout, re.M), proc.stdout
+    assert tree_snapshot(os.path.join(work, "rootfs")) == before
 
 
 @pytest.fixture(scope="module")
@@ -375,7 +424,7 @@ def test_runtime_shim_adds_the_hook_once(work, host, wrapper, script, kind):
         assert entry["path"] == wrapper and entry["args"] == ["nvlaunch", "hook", "prestart"]
     else:
         assert entry["path"] == sys.executable
-        assert entry["args"] == [sys.executable, "-S", script, "hook", "prestart"]
+        assert entry["args"] == [sys.executable, "-I", "-S", script, "hook", "prestart"]
     assert f"NVLAUNCH_DRIVER_ROOT={host.driver_root}" in entry["env"]
     assert not any(e.startswith("PYTHONPATH=") for e in entry["env"])
 

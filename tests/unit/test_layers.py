@@ -24,11 +24,12 @@ ALLOWED = {
     "core": set(),
     "host": {"core"},
     "plan": {"core", "host"},
+    "image": {"core", "host"},
     "kernel": {"core", "_ns"},
     "oci": {"core", "host", "plan"},
     "render": {"core", "host", "plan", "oci"},
     "exec": {"core", "host", "plan", "kernel"},
-    "frontends": {"core", "host", "plan", "kernel", "oci", "render", "exec"},
+    "frontends": {"core", "host", "plan", "kernel", "oci", "render", "exec", "image"},
     "setup": {"core", "host", "plan", "oci", "render", "exec"},
     "cli": {"core", "frontends", "setup"},
 }
@@ -136,7 +137,8 @@ def test_the_checker_sees_function_level_imports(tmp_path):
 
 
 def test_low_layers_import_without_the_extension():
-    low = sorted(m for m in MODULES if m != "nvlaunch" and layer(m) in ("core", "host", "plan", "oci", "render"))
+    low = sorted(m for m in MODULES if m != "nvlaunch"
+                 and layer(m) in ("core", "host", "plan", "oci", "render", "image"))
     code = ("import sys; sys.modules['nvlaunch._ns'] = None\n"
             + "".join(f"import {m}\n" for m in low)
             + "assert 'nvlaunch.kernel.real' not in sys.modules, 'a low layer loaded the kernel'\n")

@@ -209,8 +209,11 @@ def test_dry_run_writes_nothing(tmp_path, target):
     assert sorted(os.listdir(tmp_path)) == sorted(before)       # no new dirs or files
     assert f"would write {tmp_path / dest}" in proc.stdout
     if target == "docker":
-        shown = proc.stdout.split(":\n", 1)[1]
+        shown, _, hook = proc.stdout.split(":\n", 1)[1].partition("--- would write ")
         assert json.loads(shown)["keep"] == 1
+        # the --gpus hook dockerd looks up, with an environment of its own
+        assert hook.startswith("/usr/local/bin/nvidia-container-runtime-hook (mode 0755):\n")
+        assert "exec /usr/bin/env -i PATH=" in hook and f"{HOOK} hook \"$@\"\n" in hook
 
 
 def test_setup_usage_errors():
@@ -380,9 +383,9 @@ def test_hook_entry_runs_the_script_with_python_S(tmp_path):
         inv = invocation(path, environ={})
         return inv.path, list(inv.argv)
     script = _script_copy(tmp_path, "#!/usr/bin/python3")
-    assert command(script) == ("/usr/bin/python3", ["/usr/bin/python3", "-S", script])
+    assert command(script) == ("/usr/bin/python3", ["/usr/bin/python3", "-I", "-S", script])
     entry = hook_entry(invocation(script, environ={}))
-    assert entry["args"] == ["/usr/bin/python3", "-S", script, "hook", "prestart"]
+    assert entry["args"] == ["/usr/bin/python3", "-I", "-S", script, "hook", "prestart"]
     assert is_nvlaunch_hook(entry)
     # left as they are: an env shebang, a shebang with options, a script that is not ours
     for first in ("#!/usr/bin/env python3", "#!/usr/bin/python3 -S"):
@@ -407,7 +410,7 @@ def test_setup_with_a_python_script_hook_path(tmp_path):
     doc = json.loads(dest.read_text())
     check_hooks_d_schema(doc)
     assert doc["hook"]["path"] == "/usr/bin/python3"
-    assert doc["hook"]["args"] == ["/usr/bin/python3", "-S", script, "hook", "prestart"]
+    assert doc["hook"]["args"] == ["/usr/bin/python3", "-I", "-S", script, "hook", "prestart"]
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"ociVersion": "1.0.2", "process": {"args": ["sh"]}}))
     for _ in range(2):      # the second finds the first's entry

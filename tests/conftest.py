@@ -240,3 +240,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def installed_script(directory: str) -> str:
+    """nvlaunch's own script with this venv's python on its first line, as an installer
+    writes it, at DIRECTORY/nvlaunch: it finds nvlaunch through the venv's site-packages
+    by itself, so a hook entry can run it with no PYTHONPATH (or no env at all)."""
+    with open(os.path.join(REPO, "bin", "nvlaunch")) as f:
+        body = f.read().split("\n", 1)[1]
+    path = os.path.join(directory, "nvlaunch")
+    with open(path, "w") as f:
+        f.write(f"#!{sys.executable}\n{body}")
+    os.chmod(path, 0o755)
+    return path

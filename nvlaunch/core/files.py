@@ -44,13 +44,13 @@ def temp_name(name: str) -> str:
 
 
 def replace_in_dir(dirfd: int, name: str, data: bytes, mode: int, ops: Any = OS,
-                   sync: bool = False) -> None:
+                   sync: bool = False, proc: str = "/proc") -> None:
     """`name` in the directory `dirfd` replaced atomically by a file holding `data`: written
     under temp_name(name) (O_EXCL, O_NOFOLLOW, O_NONBLOCK: never through a link, never
     waiting on a FIFO planted there) and renamed over it.  The temporary is flock()ed
     while it exists, so a later writer tells one whose writer was killed (unlocked: it
     is removed, remove_stale) from one being written now (kept).  `ops`: a Kernel."""
-    remove_stale(dirfd, name, ops)
+    remove_stale(dirfd, name, ops, proc)
     tmp = temp_name(name)
     try:
         # Unnamed until written and locked (O_TMPFILE): a killed writer leaves nothing.
@@ -71,7 +71,7 @@ def replace_in_dir(dirfd: int, name: str, data: bytes, mode: int, ops: Any = OS,
         if sync:
             os.fsync(fd)
         if not named:
-            os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=dirfd, follow_symlinks=True)
+            os.link(f"{proc}/self/fd/{fd}", tmp, dst_dir_fd=dirfd, follow_symlinks=True)
             named = True
         ops.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
     except BaseException:
@@ -85,7 +85,7 @@ def replace_in_dir(dirfd: int, name: str, data: bytes, mode: int, ops: Any = OS,
         ops.close(fd)
 
 
-def remove_stale(dirfd: int, name: str, ops: Any = OS) -> int:
+def remove_stale(dirfd: int, name: str, ops: Any = OS, proc: str = "/proc") -> int:
     """Remove the temporaries of `name` in `dirfd` that a killed writer left: regular
     files and links older than STALE_S that nobody holds a lock on (a writer creates
     then locks its file: a young one may be in between), anything else with the mark
@@ -109,7 +109,7 @@ def remove_stale(dirfd: int, name: str, ops: Any = OS) -> int:
             if (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)) and young:
                 continue
             if stat.S_ISREG(st.st_mode):
-                fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                fd = os.open(f"{proc}/self/fd/{pfd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:

@@ -47,7 +47,6 @@ from nvlaunch.core.errors import CgroupError, hint_for
 from nvlaunch.core.log import log
 from nvlaunch.host.cgroups import CgroupTarget, find_cgroup, needs_cgroup_rules
 from nvlaunch.kernel.real import REAL
-from nvlaunch.plan import bpf
 from nvlaunch.plan.devices import DeviceRule, normalize_access, parse_v1_line, rules_for_nodes
 from nvlaunch.plan.records import Plan
 
@@ -284,6 +283,7 @@ def _allow_v2(path: str, rules: tuple[DeviceRule, ...], kernel: Kernel, undo: Un
             old = kernel.bpf_prog_xlated_insns(old_fd)
         except OSError as err:
             raise _StepFailed(f"read instructions of {what}", err) from err
+        from nvlaunch.plan import bpf      # cgroup v2 only: v1 hosts never load it
         try:
             new = bpf.prepend_rules(rules, old)
         except ValueError as err:

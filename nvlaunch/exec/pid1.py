@@ -91,10 +91,13 @@ def exit_code(status: int) -> int:
 def container_init(cfg: RunConfig, kernel: Kernel, forwarder: Forwarder,
                    timings: Timings | None) -> int:
     kernel.prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
+    # Not dumpable (runc's init is not either, CVE-2016-9962): the container's processes
+    # cannot ptrace PID 1 nor open its /proc/1/fd, whatever capabilities they keep.
+    kernel.prctl(C.PR_SET_DUMPABLE, 0)
     real_root = is_initial_root()
     # Everything I and W import must be imported before pivot_root hides the host.
     if cfg.plan.ldcache:
-        import nvlaunch.host.ldcache  # noqa: F401  (runroot builds the merged cache with it)
+        import nvlaunch.plan.ldmemo  # noqa: F401  (runroot builds the merged cache with it)
     if cfg.net == "none":
         from pyroute2 import IPRoute  # noqa: F401
     if cfg.debug:

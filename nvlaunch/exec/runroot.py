@@ -38,8 +38,7 @@ from nvlaunch.core.log import checkpoint
 from nvlaunch.core.records import record
 from nvlaunch.exec.confine import confine_proc_sys
 from nvlaunch.exec.mounts import TMPFS_FLAGS, bind, mount, tmpfs_place
-from nvlaunch.host.container import merged_cache
-from nvlaunch.host.inroot import Resolver, resolve_in_root
+from nvlaunch.host.inroot import Resolver, resolve_in_root, walk_open
 from nvlaunch.plan.records import (BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile,
                                    bind_flags, bind_wanted)
 
@@ -88,6 +87,7 @@ class RunConfig:
     tmpfs_size: str = "1g"         # the staging tmpfs (the writable layer without overlay)
     defaults: tuple[tuple[str, str], ...] = ()     # HOME, USER for the uid (under env)
     etc_files: tuple[tuple[str, bytes], ...] = ()  # /etc/hosts, resolv.conf, hostname
+    memo_dir: str | None = None    # the caller's plan.ldmemo directory (a host path)
 
 
 @record
@@ -295,8 +295,8 @@ def build_root(cfg: RunConfig, kernel: Kernel, layout: Layout, rootless: bool,
     for path, data in cfg.etc_files:
         b.prepare(path, "data", 0o644, data=data)
     if cfg.plan.ldcache:
-        b.prepare("/etc/ld.so.cache", "data", 0o644, data=merged_cache(lower, cfg.plan.ldcache,
-                                                                 layout.host + "/proc"))
+        b.prepare("/etc/ld.so.cache", "data", 0o644, data=_merged_cache(kernel, lower, cfg.plan, layout,
+                                                                 cfg.memo_dir))
         mark("ldcache")
     for ub in cfg.binds:
         src = layout.host_path(ub.src)
@@ -430,6 +430,27 @@ def _readonly_tree(kernel: Kernel, path: str,
     except OSError as err:
         if err.errno != errno.ENOSYS:   # before 5.12 only the top of the tree is read-only
             raise E.MountError("mount_setattr", None, path, "AT_RECURSIVE|MOUNT_ATTR_RDONLY", err) from err
+
+
+def _merged_cache(kernel: Kernel, lower: str, plan: Plan, layout: Layout,
+                  memo_dir: str | None) -> bytes:
+    """The container's ld.so.cache with the plan's libraries first (plan.ldmemo, read
+    from the rootfs through an fd walked inside it).  Imported here: a GPU start only."""
+    from nvlaunch.host.ldcache import LD_SO_CACHE
+    from nvlaunch.plan.ldmemo import merged
+    rootfd = kernel.open(lower, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd: int | None = walk_open(rootfd, LD_SO_CACHE, os.O_PATH)
+    except OSError:
+        fd = None
+    finally:
+        kernel.close(rootfd)
+    try:
+        return merged(fd, plan.ldcache, layout.host + "/proc",
+                      layout.host + memo_dir if memo_dir else None)
+    finally:
+        if fd is not None:
+            kernel.close(fd)
 
 
 def _lstat_mode(path: str) -> int:

@@ -121,7 +121,8 @@ def cmd_run(gopts: dict, args: list) -> int:
                     readonly=bool(opts.get("readonly")), plan=plan, debug=bool(gopts.get("debug")),
                     privileged=bool(opts.get("privileged")), overlay=overlay, tmpfs_size=tmpfs_size,
                     defaults=user_defaults(rootfs, uid),
-                    etc_files=_etc_files(net, hostname or os.uname().nodename))
+                    etc_files=_etc_files(net, hostname or os.uname().nodename),
+                    memo_dir=_memo_dir() if plan.ldcache else None)
     if opts.get("dry_run"):
         from nvlaunch.render.plan_text import print_plan, print_run
         print_plan(plan, sys.stdout)
@@ -277,6 +278,14 @@ def _bundle(path: str) -> dict:
     env = [(k, v) for k, eq, v in (e.partition("=") for e in env_items) if eq and k]
     return {"rootfs": os.path.join(bdir, rpath), "args": tuple(args), "env": env, "cwd": cwd,
             "uid": ids[0], "gid": ids[1]}
+
+
+def _memo_dir() -> str | None:
+    """Where PID 1 keeps the merged ld.so.cache between starts (plan.ldmemo)."""
+    from nvlaunch.plan.cachedir import ENV_NO_CACHE, cache_dir
+    if os.environ.get(ENV_NO_CACHE) == "1":
+        return None
+    return cache_dir()
 
 
 def _is_image(arg: str) -> bool:

@@ -42,16 +42,21 @@ DEFAULT_LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib6
                     "/usr/lib64", "/lib", "/usr/lib")
 
 
-def libraries_present(root: str, names: Iterable[str]) -> set[str]:
+def libraries_present(root: str, names: Iterable[str],
+                      listed: Iterable[tuple[str, str]] | None = None) -> set[str]:
     """Which of the library `names` the rootfs at host path `root` has: a non-empty file
     (links followed inside the root) that its /etc/ld.so.cache names, or in a default
     library directory.  Empty files do not count: they are the mount points a hook left
-    in a persistent rootfs on an earlier start (and the cache lines it wrote for them)."""
+    in a persistent rootfs on an earlier start (and the cache lines it wrote for them).
+    `listed`: the (soname, path) pairs of its cache for these names, when the caller
+    knows them (plan.ldmemo remembers them per cache file)."""
     names = set(names)
     found: set[str] = set()
-    for e in container_cache(root):
-        if e.key in names and e.key not in found and _real_file(root, e.value):
-            found.add(e.key)
+    if listed is None:
+        listed = [(e.key, e.value) for e in container_cache(root) if e.key in names]
+    for key, value in listed:
+        if key in names and key not in found and _real_file(root, value):
+            found.add(key)
     for name in names - found:
         if any(_real_file(root, f"{d}/{name}") for d in DEFAULT_LIB_DIRS):
             found.add(name)
@@ -100,13 +105,6 @@ def merged_entries(existing: list[ldcache.CacheEntry], pairs: LdPairs) -> list[l
             for soname, path, is32 in pairs]
     taken = {(e.key, e.value) for e in ours}
     return ours + [e for e in existing if (e.key, e.value) not in taken]
-
-
-def merged_cache(root: str, pairs: LdPairs, proc: str = "/proc") -> bytes:
-    """A new cache for the rootfs at host path `root` (its current cache kept; without
-    one, ours alone still works)."""
-    from nvlaunch.host import ldcache
-    return ldcache.build(merged_entries(container_cache(root, proc), pairs))
 
 
 def passwd_entry(root: str, uid: int) -> tuple[str, str] | None:

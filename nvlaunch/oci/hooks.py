@@ -27,7 +27,6 @@ docker's and containerd's runtime entries).
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 from nvlaunch.core.consts import DEFAULT_PATH
@@ -75,7 +74,8 @@ def invocation(hook_path: str | None = None, gopts: dict | None = None,
     if os.path.basename(script) == "nvlaunch" and os.path.isfile(script) \
             and os.access(script, os.X_OK):
         return Invocation(*_script_command(script), tuple(env))
-    found = shutil.which("nvlaunch")
+    import shutil       # here: every hook imports this module (check_environment), and
+    found = shutil.which("nvlaunch")   # shutil costs it ~10 ms (re, enum, fnmatch)
     if found:
         return Invocation(*_script_command(os.path.abspath(found)), tuple(env))
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

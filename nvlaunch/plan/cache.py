@@ -26,16 +26,17 @@ from __future__ import annotations
 
 import marshal
 import os
-import stat
 
 from nvlaunch.core.records import rebuild, values
 from nvlaunch.host.container import container_libdir, libraries_present
 from nvlaunch.host.view import HostView, fingerprint
 from nvlaunch.plan import records as P
+from nvlaunch.plan.cachedir import ENV_NO_CACHE, cache_dir
 from nvlaunch.plan.request import Request
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any
 
 
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 FORMAT = 2
 MAX_PLANS = 64
-ENV_NO_CACHE = "NVLAUNCH_NO_CACHE"
 REQUIRE_PREFIX = "NVIDIA_REQUIRE_"
 _RECORDS = {cls.__name__: cls for cls in (P.BindFile, P.BindDir, P.BindDevice, P.Symlink,
                                            P.WriteFile, P.Tmpfs)}
@@ -54,32 +54,7 @@ CODE = ("core/records.py", "core/errors.py", "core/consts.py",
         "host/view.py", "host/inroot.py", "host/ldcache.py", "host/elf.py", "host/driver.py",
         "host/driver_files.py", "host/gpus.py", "host/syslibs.py", "host/cuda.py", "host/container.py",
         "plan/records.py", "plan/request.py", "plan/capabilities.py", "plan/selection.py",
-        "plan/require.py", "plan/build.py", "plan/cache.py")
-
-
-def cache_dir(create: bool = True) -> str | None:
-    """Our private cache directory, or None if it is missing or not safe to use."""
-    uid = os.geteuid()
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        path = os.path.join(xdg, "nvlaunch")
-    else:
-        path = "/run/nvlaunch" if uid == 0 else f"/tmp/nvlaunch-{uid}"
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        if not create:
-            return None
-        try:
-            os.mkdir(path, 0o700)
-            st = os.lstat(path)
-        except OSError:
-            return None
-    except OSError:
-        return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
-        return None
-    return path
+        "plan/require.py", "plan/build.py", "plan/cache.py", "plan/cachedir.py")
 
 
 def _code_key() -> tuple[tuple[str, int, int] | None, ...]:
@@ -216,7 +191,12 @@ def plan_for_rootfs(request: Request, host: HostView, rootfs: str) -> tuple[P.Pl
     directory picks the cached plan, then the system libraries the driver needs are
     settled against what the rootfs has (plan.records.settle_absent)."""
     plan, k = cached_plan(request, host, container_libdir(rootfs))
-    return P.settle_absent(plan, lambda names: libraries_present(rootfs, names)), k
+    return P.settle_absent(plan, lambda names: _present(rootfs, names)), k
+
+
+def _present(rootfs: str, names: Iterable[str]) -> set[str]:
+    from nvlaunch.plan.ldmemo import listed      # the rootfs's cache lines, remembered
+    return libraries_present(rootfs, names, listed(rootfs, names))
 
 
 def _encode(plan: P.Plan) -> tuple[Any, ...]:

@@ -51,6 +51,19 @@ def _kill_tree(pids):
             pass
 
 
+def _stop_daemon(proc, d: str, log, grace: float) -> None:
+    """SIGTERM the daemon (by its pid), SIGKILL after `grace` s, then whatever it left
+    running under its directory; its log closed."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    _kill_tree(_pids_under(d))
+    log.close()
+
+
 def _pids_under(d: str) -> list:
     """Processes whose command line names the test's directory (dockerd's containerd and
     shims, which we started through dockerd)."""
@@ -160,14 +173,7 @@ def daemon():
                 daemon.docker("rm", "-f", cid, timeout=60)
         except (OSError, subprocess.SubprocessError):
             pass
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        _kill_tree(_pids_under(d))
-        log.close()
+        _stop_daemon(proc, d, log, 30)
         if made_etc:
             try:
                 os.rmdir("/etc/docker")
@@ -415,11 +421,4 @@ def test_containerd_doc_setup_and_ctr_run(daemon):
         assert f"NVD={daemon.host.gpus[0].uuid}\n" in r.stdout, r.stdout       # the shim's UUIDs
     finally:
         subprocess.run(ctr + ["containers", "rm", "nvlt-c1"], capture_output=True, timeout=30)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        _kill_tree(_pids_under(d))
-        log.close()
+        _stop_daemon(proc, d, log, 20)

@@ -26,7 +26,7 @@ import tempfile
 
 import pytest
 
-from tests.conftest import REPO, TEST_USER, mounts_snapshot, needs_root, tree_snapshot, user_exists
+from tests.conftest import REPO, TEST_USER, installed_script, mounts_snapshot, needs_root, tree_snapshot, user_exists
 from tests.fakehost import SYSLIBS, build_fake_host, build_rootfs, parse_devices, parse_kv
 
 pytestmark = needs_root("runc, cgroups, mknod")
@@ -377,16 +377,8 @@ def test_runc_user_namespace(work, host, wrapper):
 
 @pytest.fixture(scope="module")
 def script(moddir):
-    """nvlaunch's own script with this venv's python on its first line, no options: hook
-    entries run it as `python -S script`, and it finds nvlaunch through the venv's
-    site-packages (its .pth line) by itself: no PYTHONPATH in the hook's env."""
-    with open(os.path.join(REPO, "bin", "nvlaunch")) as f:
-        body = f.read().split("\n", 1)[1]
-    path = os.path.join(moddir, "nvlaunch")
-    with open(path, "w") as f:
-        f.write(f"#!{sys.executable}\n{body}")
-    os.chmod(path, 0o755)
-    return path
+    """nvlaunch's own script as installed (tests.conftest.installed_script)."""
+    return installed_script(moddir)
 
 
 @needs_runc

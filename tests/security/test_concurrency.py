@@ -94,7 +94,7 @@ def _after(d: str, tag: str, before: dict, rootfs: str, xdgs=()) -> None:
     temps = _temp_files(rootfs) + [t for x in xdgs for t in _temp_files(x)]
     assert not temps, f"temporary files left: {temps}"
     litter = [n for x in xdgs for n in _cache_litter(x)]
-    assert not litter, f"the plan cache holds more than plans: {litter}"
+    assert not litter, f"the cache holds more than plans and ld caches: {litter}"
 
 
 def _report(failures: list) -> str:

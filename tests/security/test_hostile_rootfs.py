@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import REPO, needs_root
+from tests.conftest import REPO, installed_script, needs_root
 from tests.fakehost import build_rootfs
 from tests.security.conftest import diff_state, host_state, world_dir
 
@@ -517,15 +517,8 @@ def runc_spec(moddir) -> dict:
 
 @pytest.fixture(scope="module")
 def script(moddir) -> str:
-    """nvlaunch's own script with this Python on its first line (as installed): needs no
-    PYTHONPATH, so it can run from a hook entry that has no env."""
-    with open(os.path.join(REPO, "bin", "nvlaunch")) as f:
-        body = f.read().split("\n", 1)[1]
-    path = os.path.join(moddir, "nvlaunch")
-    with open(path, "w") as f:
-        f.write(f"#!{sys.executable}\n{body}")
-    os.chmod(path, 0o755)
-    return path
+    """nvlaunch's own script as installed (tests.conftest.installed_script)."""
+    return installed_script(moddir)
 
 
 @pytest.fixture(scope="module")

@@ -149,11 +149,11 @@ def _temp_files(root: str) -> list:
 
 
 def _cache_litter(xdg: str) -> list:
-    """What the plan cache directory holds besides plan files."""
+    """What the cache directory holds besides plan files and merged ld caches (plan.ldmemo)."""
     d = os.path.join(xdg, "nvlaunch")
     if not os.path.isdir(d):
         return []
-    return [n for n in os.listdir(d) if not re.fullmatch(r"plan-[0-9a-f]{8}", n)]
+    return [n for n in os.listdir(d) if not re.fullmatch(r"(plan|ldcache)-[0-9a-f]{8}", n)]
 
 
 def _cgroup_dirs(cid: str) -> list:

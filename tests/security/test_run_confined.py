@@ -108,3 +108,16 @@ def test_rootless_needs_no_masks_and_still_refuses(nvl_user, rootfs):
     for name, script in ATTACKS[:3] + ATTACKS[6:8]:
         proc = sh(nvl_user, rootfs, script)
         assert proc.returncode == 0, f"{name}: {proc.stderr}"
+
+
+def test_pid1_cannot_be_reached_from_the_container(nvl, rootfs):
+    """PID 1 holds the writable layer's fd and full capabilities: the container's
+    processes, with their trimmed set, can neither read its fd links, open them, nor
+    reach its root (and PID 1 is not dumpable besides), root or rootless."""
+    script = ("for f in /proc/1/fd/*; do readlink $f >/dev/null 2>&1 && echo link-$f; "
+              "cat $f </dev/null >/dev/null 2>&1 && echo open-$f; done; "
+              "ls /proc/1/root/ >/dev/null 2>&1 && echo root-reachable; "
+              "readlink /proc/self/fd/0 >/dev/null && echo own-fds-fine")
+    proc = sh(nvl, rootfs, script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["own-fds-fine"], proc.stdout

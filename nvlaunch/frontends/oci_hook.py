@@ -99,12 +99,20 @@ def cmd_hook(gopts: dict, args: list) -> int:
         return run_hook(gopts, stage, state, no_cgroups)
     except (E.NvlaunchError, OSError) as err:
         code, msg = E.describe(err)
-        failure = E.NvlaunchError(f"hook {stage_arg}: container {state.get('id') or '?'}: {msg}",
+        failure = E.NvlaunchError(f"hook {stage_arg}: container {_shown_id(state.get('id'))}: {msg}",
                                   errno=E.errno_of(err))
         failure.exit_code = code
         # the runtime may not show our stderr (crun drops it by default): the file too
         log(f"error: {failure}", file_only=True)
         raise failure from err
+
+
+def _shown_id(cid: object) -> str:
+    """The container id as the error line names it: as it is when it is a plain short
+    string, else quoted (a list, a huge or unprintable id from a hostile state)."""
+    if isinstance(cid, str) and cid and len(cid) <= 128 and cid.isprintable():
+        return cid
+    return "?" if not cid else E.quote(cid, 64)
 
 
 def run_hook(gopts: dict, stage: str, state: dict, no_cgroups: bool = False) -> int:

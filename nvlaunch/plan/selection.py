@@ -227,6 +227,16 @@ def _count(gpus: Sequence[Gpu], scope: _Scope | None = None) -> str:
         f"{what} has {n} GPU{'s' if n > 1 else ''}: 0" + (f"-{n - 1}" if n > 1 else "")
 
 
+CDI_KIND = "nvidia.com/gpu="
+
+
+def _cdi_name(item: str) -> str:
+    """A CDI device name as NVIDIA's runtime takes it in NVIDIA_VISIBLE_DEVICES
+    (`nvidia.com/gpu=all`, `nvidia.com/gpu=0`, `nvidia.com/gpu=GPU-...`): the device
+    part, which names GPUs as a plain item does (nvlaunch's spec names its devices so)."""
+    return item[len(CDI_KIND):] if item.startswith(CDI_KIND) else item
+
+
 def select_gpus(spec: str | None, gpus: Iterable[Gpu], host: HostView | None = None,
                 scope: _Scope | None = None) -> Selection:
     """Parse a --gpus / NVIDIA_VISIBLE_DEVICES value against `gpus` (enumerate_gpus order).
@@ -239,7 +249,7 @@ def select_gpus(spec: str | None, gpus: Iterable[Gpu], host: HostView | None = N
     error saying so.
     """
     gpus = tuple(gpus)
-    items = [s.strip() for s in (spec or "").split(",")]
+    items = [_cdi_name(s.strip()) for s in (spec or "").split(",")]
     items = [s for s in items if s]
     if not items or items == ["void"]:
         return Selection(mode=MODE_VOID)

@@ -147,6 +147,14 @@ def test_all(two):
     assert S.select_gpus("all", (), None).gpus == ()
 
 
+@pytest.mark.parametrize("cdi,plain", [("nvidia.com/gpu=all", "all"), ("nvidia.com/gpu=1", "1"),
+                                       ("nvidia.com/gpu=0,nvidia.com/gpu=1", "0,1"),
+                                       (f"nvidia.com/gpu={UUID_B}", UUID_B)])
+def test_cdi_device_names_as_nvidias_runtime_takes_them(two, cdi, plain):
+    """NVIDIA_VISIBLE_DEVICES=nvidia.com/gpu=all (NVIDIA's CDI mode): the same GPUs."""
+    assert S.select_gpus(cdi, two[1], two[0]) == S.select_gpus(plain, two[1], two[0])
+
+
 @pytest.mark.parametrize("spec", ["all,0", "none,0", "0,void"])
 def test_keywords_do_not_combine(two, spec):
     with pytest.raises(SelectionError, match="cannot be combined"):

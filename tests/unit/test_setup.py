@@ -90,7 +90,8 @@ def test_docker_merge_keeps_existing_keys(tmp_path):
     dest.write_text(json.dumps({"log-driver": "journald", "data-root": "/srv/docker",
                                 "runtimes": {"other": {"path": "/usr/bin/other"}},
                                 "default-runtime": "runc"}))
-    proc = nvlaunch("setup", "docker", "--config", str(dest), "--hook-path", HOOK)
+    proc = nvlaunch("setup", "docker", "--config", str(dest), "--hook-path", HOOK,
+                    "--bin-dir", str(tmp_path / "bin"))
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(dest.read_text())
     assert doc["log-driver"] == "journald" and doc["data-root"] == "/srv/docker"
@@ -101,13 +102,15 @@ def test_docker_merge_keeps_existing_keys(tmp_path):
     assert json.loads((tmp_path / "daemon.json.bak").read_text())["log-driver"] == "journald"
     # idempotent
     before = dest.read_text()
-    assert nvlaunch("setup", "docker", "--config", str(dest), "--hook-path", HOOK).returncode == 0
+    assert nvlaunch("setup", "docker", "--config", str(dest), "--hook-path", HOOK,
+                    "--bin-dir", str(tmp_path / "bin")).returncode == 0
     assert dest.read_text() == before
 
 
 def test_docker_new_file(tmp_path):
     dest = tmp_path / "etc" / "docker" / "daemon.json"
-    assert nvlaunch("setup", "docker", "--config", str(dest), "--hook-path", HOOK).returncode == 0
+    assert nvlaunch("setup", "docker", "--config", str(dest), "--hook-path", HOOK,
+                    "--bin-dir", str(tmp_path / "bin")).returncode == 0
     assert json.loads(dest.read_text()) == {"runtimes": {"nvlaunch": {"path": HOOK,
                                                                       "runtimeArgs": ["runtime"]}}}
 
@@ -115,7 +118,8 @@ def test_docker_new_file(tmp_path):
 def test_docker_refuses_broken_json(tmp_path):
     dest = tmp_path / "daemon.json"
     dest.write_text("{not json")
-    proc = nvlaunch("setup", "docker", "--config", str(dest), "--hook-path", HOOK)
+    proc = nvlaunch("setup", "docker", "--config", str(dest), "--hook-path", HOOK,
+                    "--bin-dir", str(tmp_path / "bin"))
     assert proc.returncode == 125
     assert proc.stderr.startswith("nvlaunch: error: ") and proc.stderr.count("\n") == 1
     assert dest.read_text() == "{not json"

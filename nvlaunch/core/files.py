@@ -45,11 +45,13 @@ def temp_name(name: str) -> str:
 
 def replace_in_dir(dirfd: int, name: str, data: bytes, mode: int, ops: Any = OS,
                    sync: bool = False, proc: str = "/proc") -> None:
-    """`name` in the directory `dirfd` replaced atomically by a file holding `data`: written
-    under temp_name(name) (O_EXCL, O_NOFOLLOW, O_NONBLOCK: never through a link, never
-    waiting on a FIFO planted there) and renamed over it.  The temporary is flock()ed
-    while it exists, so a later writer tells one whose writer was killed (unlocked: it
-    is removed, remove_stale) from one being written now (kept).  `ops`: a Kernel."""
+    """`name` in the directory `dirfd` replaced atomically by a file holding `data`:
+    written unnamed (O_TMPFILE), flock()ed, linked as temp_name(name) through
+    `proc`/self/fd and renamed over `name`; where the filesystem has no O_TMPFILE,
+    created under temp_name(name) (O_EXCL, O_NOFOLLOW, O_NONBLOCK: never through a link,
+    never waiting on a FIFO planted there).  A later writer tells a temporary whose
+    writer was killed (old and unlocked: removed, remove_stale) from one being written
+    now (kept).  `ops`: a Kernel."""
     remove_stale(dirfd, name, ops, proc)
     tmp = temp_name(name)
     try:

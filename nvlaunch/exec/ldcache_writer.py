@@ -44,15 +44,17 @@ def write_in_root(kernel: Kernel, rootfd: int, pairs: LdPairs) -> None:
         kernel.close(etc)
 
 
-def cache_bytes(kernel: Kernel, rootfd: int, pairs: LdPairs) -> bytes:
+def cache_bytes(kernel: Kernel, rootfd: int, pairs: LdPairs, proc: str = "/proc",
+                memo: str | None = "") -> bytes:
     """The new cache: the container's own (read as write_in_root says) with `pairs` first,
-    remembered between starts (plan.ldmemo: a 5,000-entry cache costs tens of ms)."""
+    remembered between starts (plan.ldmemo: a 5,000-entry cache costs tens of ms).
+    `proc` and `memo`: plan.ldmemo.merged's `proc` and `directory` (`run`'s PID 1)."""
     try:
         fd: int | None = open_in_root(kernel, rootfd, ldcache.LD_SO_CACHE, os.O_PATH)
     except OSError:
         fd = None
     try:
-        return merged(fd, pairs)
+        return merged(fd, pairs, proc, memo)
     finally:
         if fd is not None:
             kernel.close(fd)

@@ -97,7 +97,7 @@ def container_init(cfg: RunConfig, kernel: Kernel, forwarder: Forwarder,
     real_root = is_initial_root()
     # Everything I and W import must be imported before pivot_root hides the host.
     if cfg.plan.ldcache:
-        import nvlaunch.plan.ldmemo  # noqa: F401  (runroot builds the merged cache with it)
+        import nvlaunch.exec.ldcache_writer  # noqa: F401  (runroot merges the cache with it)
     if cfg.net == "none":
         from pyroute2 import IPRoute  # noqa: F401
     if cfg.debug:
@@ -151,7 +151,6 @@ def _init_loop(cfg: RunConfig, kernel: Kernel, real_root: bool, forwarder: Forwa
         timings.mark("init")
         timings.report()
     checkpoint("run-init")
-    failure = b""
     tty = os.isatty(0)
     if tty:
         forwarder.narrow(TTY_FORWARDED, TTY_IGNORED_INIT)
@@ -177,8 +176,6 @@ def _init_loop(cfg: RunConfig, kernel: Kernel, real_root: bool, forwarder: Forwa
             break
     if timings:
         timings.report_end("command")
-    if failure:
-        raise E.unpack_error(failure)[0]
     return exit_code(status)
 
 

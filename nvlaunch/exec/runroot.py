@@ -38,7 +38,7 @@ from nvlaunch.core.log import checkpoint
 from nvlaunch.core.records import record
 from nvlaunch.exec.confine import confine_proc_sys
 from nvlaunch.exec.mounts import TMPFS_FLAGS, bind, mount, tmpfs_place
-from nvlaunch.host.inroot import Resolver, resolve_in_root, walk_open
+from nvlaunch.host.inroot import Resolver, resolve_in_root
 from nvlaunch.plan.records import (BindDevice, BindDir, BindFile, Plan, Symlink, Tmpfs, WriteFile,
                                    bind_flags, bind_wanted)
 
@@ -434,23 +434,15 @@ def _readonly_tree(kernel: Kernel, path: str,
 
 def _merged_cache(kernel: Kernel, lower: str, plan: Plan, layout: Layout,
                   memo_dir: str | None) -> bytes:
-    """The container's ld.so.cache with the plan's libraries first (plan.ldmemo, read
-    from the rootfs through an fd walked inside it).  Imported here: a GPU start only."""
-    from nvlaunch.host.ldcache import LD_SO_CACHE
-    from nvlaunch.plan.ldmemo import merged
+    """The container's ld.so.cache with the plan's libraries first, as the hooks make it
+    (exec.ldcache_writer.cache_bytes), seen from PID 1.  Imported here: a GPU start only."""
+    from nvlaunch.exec.ldcache_writer import cache_bytes
     rootfd = kernel.open(lower, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd: int | None = walk_open(rootfd, LD_SO_CACHE, os.O_PATH)
-    except OSError:
-        fd = None
+        return cache_bytes(kernel, rootfd, plan.ldcache, layout.host + "/proc",
+                           layout.host + memo_dir if memo_dir else None)
     finally:
         kernel.close(rootfd)
-    try:
-        return merged(fd, plan.ldcache, layout.host + "/proc",
-                      layout.host + memo_dir if memo_dir else None)
-    finally:
-        if fd is not None:
-            kernel.close(fd)
 
 
 def _lstat_mode(path: str) -> int:

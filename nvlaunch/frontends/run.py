@@ -122,7 +122,7 @@ def cmd_run(gopts: dict, args: list) -> int:
                     privileged=bool(opts.get("privileged")), overlay=overlay, tmpfs_size=tmpfs_size,
                     defaults=user_defaults(rootfs, uid),
                     etc_files=_etc_files(net, hostname or os.uname().nodename),
-                    memo_dir=_memo_dir() if plan.ldcache else None)
+                    memo_dir=_memo_dir(plan))
     if opts.get("dry_run"):
         from nvlaunch.render.plan_text import print_plan, print_run
         print_plan(plan, sys.stdout)
@@ -280,11 +280,11 @@ def _bundle(path: str) -> dict:
             "uid": ids[0], "gid": ids[1]}
 
 
-def _memo_dir() -> str | None:
-    """Where PID 1 keeps the merged ld.so.cache between starts (plan.ldmemo)."""
-    from nvlaunch.plan.cachedir import ENV_NO_CACHE, cache_dir
-    if os.environ.get(ENV_NO_CACHE) == "1":
+def _memo_dir(plan: Plan) -> str | None:
+    """Where PID 1 remembers the merged ld.so.cache (plan.ldmemo), for a plan that has one."""
+    if not plan.ldcache:
         return None
+    from nvlaunch.plan.cachedir import cache_dir
     return cache_dir()
 
 

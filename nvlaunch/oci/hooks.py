@@ -32,6 +32,7 @@ import sys
 from nvlaunch.core.consts import DEFAULT_PATH
 from nvlaunch.core.errors import UsageError
 from nvlaunch.core.records import record
+from nvlaunch.oci.state import process_env
 
 ENV_HOOK_PATH = "NVLAUNCH_HOOK_PATH"
 BASE_ENV = (f"PATH={DEFAULT_PATH}", "LANG=C.UTF-8", "PYTHONSAFEPATH=1", "PYTHONDONTWRITEBYTECODE=1")
@@ -99,13 +100,8 @@ def check_environment(environ, config: dict | None = None) -> None:
         if environ.get(var):
             raise UsageError(f"the hook's environment has {var} (from the container?): a hook "
                              "entry must carry its own `env`", hint=ENV_HINT)
-    process = config.get("process") if isinstance(config, dict) else None
-    items = process.get("env") if isinstance(process, dict) else None
-    theirs = {}
-    for item in items if isinstance(items, list) else ():
-        key, eq, value = item.partition("=") if isinstance(item, str) else ("", "", "")
-        if eq and key not in COMMON_VARS and not key.startswith("NVIDIA_"):
-            theirs[key] = value
+    theirs = {k: v for k, v in (process_env(config) if isinstance(config, dict) else {}).items()
+              if k not in COMMON_VARS and not k.startswith("NVIDIA_")}
     if theirs and all(environ.get(k) == v for k, v in theirs.items()):
         raise UsageError(f"the hook runs with the container's environment ({sorted(theirs)[0]}"
                          "=... from config.json): a hook entry must carry its own `env`",

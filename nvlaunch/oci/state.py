@@ -103,18 +103,24 @@ def container_rootfs(state: dict, config: dict) -> str:
     return os.path.normpath(root)
 
 
-def selection_env(config: dict) -> dict:
-    """The NVIDIA selection variables of config.json process.env, and nothing else."""
+def process_env(config: dict) -> dict:
+    """config.json process.env as a dict (a variable given twice: the last one wins, as
+    in NVIDIA's hook); what is not a KEY=VALUE string is left out."""
     process = config.get("process")
     items = process.get("env") if isinstance(process, dict) else None
     out: dict = {}
     for item in items if isinstance(items, list) else ():
-        if not isinstance(item, str):
-            continue
-        key, eq, value = item.partition("=")
-        if eq and (key in SELECT_VARS or key.startswith(REQUIRE_PREFIX)):
-            out[key] = value
+        if isinstance(item, str):
+            key, eq, value = item.partition("=")
+            if eq:
+                out[key] = value
     return out
+
+
+def selection_env(config: dict) -> dict:
+    """The NVIDIA selection variables of config.json process.env, and nothing else."""
+    return {k: v for k, v in process_env(config).items()
+            if k in SELECT_VARS or k.startswith(REQUIRE_PREFIX)}
 
 
 def state_pid(state: dict) -> int:

@@ -31,7 +31,8 @@ from nvlaunch.core.records import rebuild, values
 from nvlaunch.host.container import container_libdir, libraries_present
 from nvlaunch.host.view import HostView, fingerprint
 from nvlaunch.plan import records as P
-from nvlaunch.plan.cachedir import ENV_NO_CACHE, cache_dir
+from nvlaunch.plan import cachedir
+from nvlaunch.plan.cachedir import cache_dir
 from nvlaunch.plan.request import Request
 
 TYPE_CHECKING = False
@@ -74,28 +75,24 @@ def key(host: HostView, request: Request, libdir: str | None) -> Key:
     return (FORMAT, host.roots, values(request), libdir, _code_key())
 
 
-def _file(directory: str, k: Key) -> str:
+def _name(k: Key) -> str:
     import zlib
     name = zlib.crc32(repr(k[:4]).encode())   # one file per request; the key is checked inside
-    return os.path.join(directory, f"plan-{name:08x}")
+    return f"plan-{name:08x}"
 
 
 def load(k: Key) -> P.Plan | None:
     """The cached plan for key `k` whose recorded reads still see the same host, or None."""
-    if os.environ.get(ENV_NO_CACHE) == "1":
-        return None
     directory = cache_dir(create=False)
     if directory is None:
         return None
-    try:
-        fd = os.open(_file(directory, k), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+    raw = cachedir.read(directory, _name(k))
+    if raw is None:
         return None
-    with os.fdopen(fd, "rb") as f:
-        try:
-            stored_key, reads, seen, data = marshal.loads(f.read())
-        except (EOFError, ValueError, TypeError):
-            return None
+    try:
+        stored_key, reads, seen, data = marshal.loads(raw)
+    except (EOFError, ValueError, TypeError):
+        return None
     if stored_key != k:
         return None
     try:
@@ -109,49 +106,21 @@ def load(k: Key) -> P.Plan | None:
 def store(k: Key, reads: tuple[tuple[str, str], ...], plan: P.Plan) -> None:
     """Keep `plan` under key `k` with the reads it was built from ((path, kind) pairs in
     path order) and what they see now (host.view.fingerprint)."""
-    if os.environ.get(ENV_NO_CACHE) == "1":
-        return
     directory = cache_dir()
     if directory is None:
         return
-    seen = fingerprint(reads)
-    from nvlaunch.core.files import replace_in_dir
     try:
-        data = marshal.dumps((k, reads, seen, _encode(plan)))
-        dirfd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            replace_in_dir(dirfd, os.path.basename(_file(directory, k)), data, 0o600)
-        finally:
-            os.close(dirfd)
-    except (OSError, ValueError):
-        pass       # a cache that cannot be written costs the next start its plan, no more
-    _prune(directory)
-
-
-def _prune(directory: str) -> None:
-    """Remove the oldest plan files beyond MAX_PLANS (one file per distinct request and
-    host root, so a long-lived host with varied requests would otherwise grow it)."""
-    try:
-        with os.scandir(directory) as it:
-            plans = [(e.stat(follow_symlinks=False).st_mtime_ns, e.path) for e in it
-                     if e.name.startswith("plan-") and "." not in e.name]
-    except OSError:
+        data = marshal.dumps((k, reads, fingerprint(reads), _encode(plan)))
+    except ValueError:
         return
-    if len(plans) <= MAX_PLANS:
-        return
-    plans.sort()
-    for _, path in plans[:len(plans) - MAX_PLANS]:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+    cachedir.write(directory, _name(k), data, "plan-", MAX_PLANS)
 
 
 def drop(k: Key) -> None:
     directory = cache_dir(create=False)
     if directory:
         try:
-            os.unlink(_file(directory, k))
+            os.unlink(os.path.join(directory, _name(k)))
         except OSError:
             pass
 

@@ -160,7 +160,7 @@ def test_cache_is_bounded_and_keeps_the_newest(setup, tmp_path, monkeypatch):
     keys = [plancache.key(host, req, f"/lib{i}") for i in range(7)]
     for i, k in enumerate(keys):
         plancache.cached_plan(req, host, f"/lib{i}")
-        path = plancache._file(str(tmp_path / "run" / "nvlaunch"), k)
+        path = os.path.join(str(tmp_path / "run" / "nvlaunch"), plancache._name(k))
         os.utime(path, ns=(i * 10**9, i * 10**9))   # distinct, ordered write times
     left = sorted(os.listdir(tmp_path / "run" / "nvlaunch"))
     assert len(left) == 4, left

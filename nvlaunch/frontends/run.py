@@ -103,7 +103,7 @@ def cmd_run(gopts: dict, args: list) -> int:
             image, list(argv), env, opts.get("workdir"), uid if "uid" in opts else None,
             gid if "gid" in opts else None, {k for k, _ in given})
         argv = tuple(args)
-    overlay = _overlay(opts["overlay"]) if opts.get("overlay") else None
+    overlay = os.path.realpath(opts["overlay"]) if opts.get("overlay") else None
     if overlay and opts.get("readonly"):
         raise UsageError("--overlay and --readonly: the one keeps writes, the other refuses them")
     tmpfs_size = _size(opts.get("tmpfs_size", DEFAULT_TMPFS_SIZE))
@@ -128,6 +128,8 @@ def cmd_run(gopts: dict, args: list) -> int:
         print_plan(plan, sys.stdout)
         print_run(cfg, sys.stdout)
         return 0
+    if overlay:            # made only now: a refused or dry run leaves nothing behind
+        _make_overlay(overlay, opts["overlay"])
     log(f"rootfs {rootfs}, command {list(argv)!r}, uid {uid} gid {gid}, net {net}, "
         f"{len(plan.entries)} plan entries, {len(binds)} binds, env {sorted(k for k, _ in env)}, "
         + (f"overlay {overlay}" if overlay else f"tmpfs layer {tmpfs_size}"))
@@ -164,16 +166,14 @@ def _bind(item: str) -> UserBind:
     return UserBind(src, os.path.normpath(parts[1]), len(parts) == 3 and parts[2] == "ro")
 
 
-def _overlay(path: str) -> str:
+def _make_overlay(real: str, given: str) -> None:
     """--overlay DIR: DIR/upper holds the container's writes, DIR/work is overlayfs's."""
-    real = os.path.realpath(path)
     try:
         os.makedirs(real, 0o755, exist_ok=True)
         for sub in ("upper", "work"):
             os.makedirs(os.path.join(real, sub), 0o755, exist_ok=True)
     except OSError as err:
-        raise UsageError(f"--overlay {quote(path)}: {err.strerror}") from None
-    return real
+        raise UsageError(f"--overlay {quote(given)}: {err.strerror}") from None
 
 
 def _size(raw: str) -> str:

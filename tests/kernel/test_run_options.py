@@ -93,6 +93,10 @@ def test_overlay_keeps_writes_and_leaves_the_rootfs(nvl, rootfs, hostdir):
     assert "new-file" not in sh(nvl, rootfs, "ls /etc").stdout      # without it: gone
     line = one_error(nvl("run", "--overlay", over, "--readonly", rootfs, "/bin/true"))
     assert "--overlay" in line
+    fresh = os.path.join(hostdir, "fresh")      # refused, or only shown: nothing made
+    one_error(nvl("run", "--overlay", fresh, "--readonly", rootfs, "/bin/true"))
+    assert nvl("run", "--dry-run", "--no-gpu", "--overlay", fresh, rootfs, "/bin/true").returncode == 0
+    assert not os.path.exists(fresh)
 
 
 def test_the_writable_layer_is_bounded(nvl, rootfs):

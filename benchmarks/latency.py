@@ -238,18 +238,15 @@ class Variant:
                 self.after(i)
 
     def _spawn(self, argv: list, env: dict) -> tuple[int, int, str]:
+        watch = Watchdog(RUN_TIMEOUT)
         t0 = time.monotonic_ns()
         if self.timings:
             env["NVLAUNCH_T0_NS"] = str(t0)
         try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, env=env, cwd=REPO,
-                                  timeout=RUN_TIMEOUT, preexec_fn=self.preexec)
-        except subprocess.TimeoutExpired:
-            return time.monotonic_ns() - t0, -1, "timeout"
-        except OSError as err:
-            return time.monotonic_ns() - t0, -1, str(err)
-        return time.monotonic_ns() - t0, proc.returncode, proc.stderr.decode(errors="replace")
+            rc, err = watch.run(argv, env, subprocess.PIPE, self.preexec)
+        except OSError as e:
+            return time.monotonic_ns() - t0, -1, str(e)
+        return time.monotonic_ns() - t0, rc, err
 
     def record(self, elapsed: int, rc: int, err: str) -> None:
         if rc != 0:
@@ -276,6 +273,44 @@ class Variant:
                 "median_ms": r3(med(vals)), "p90_ms": r3(p90(vals)) if vals else None,
                 "min_ms": r3(min(vals)) if vals else None, "note": self.note or None,
                 "command": " ".join(self.example)}
+
+
+class Watchdog:
+    """One launch, waited for by blocking calls, killed if it outlives `limit` seconds.
+
+    Not subprocess.run(timeout=...): with a timeout, Popen.wait polls with sleeps that
+    double up to 50 ms, so a launch's sample was rounded up to the next step of 1, 3, 7,
+    15, 31, 63, 113, 163 ms: the OCI lifecycle rows came out quantized to ~50 ms.  The
+    watchdog thread is started before the clock starts."""
+
+    def __init__(self, limit: float):
+        import threading
+        self.proc: subprocess.Popen | None = None
+        self.timed_out = False
+        self.timer = threading.Timer(limit, self._kill)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _kill(self) -> None:
+        self.timed_out = True
+        if self.proc is not None:
+            self.proc.kill()
+
+    def run(self, argv: list, env: dict, stderr, preexec=None) -> tuple[int, str]:
+        """(exit status, stderr text if `stderr` is PIPE); -1 and "timeout" when killed."""
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=stderr, env=env, cwd=REPO, preexec_fn=preexec)
+            err = b""
+            if self.proc.stderr is not None:
+                err = self.proc.stderr.read()
+                self.proc.stderr.close()
+            rc = self.proc.wait()
+        finally:
+            self.timer.cancel()
+        if self.timed_out:
+            return -1, "timeout"
+        return rc, err.decode(errors="replace")
 
 
 def with_timed_twins(variants: list) -> list:
@@ -975,17 +1010,24 @@ class Lifecycle(Variant):
 
         errf = tempfile.TemporaryFile()
 
+        watches = [Watchdog(RUN_TIMEOUT) for _ in range(3)]   # before the clock
+
         def step(argv):
             # stderr to a file, not a pipe: the container's process holds what `create`
             # gave it until it exits, which is after `start`.
             errf.seek(0)
             errf.truncate()
-            p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=errf, env=env, cwd=REPO, timeout=RUN_TIMEOUT)
-            if p.returncode == 0:
+            rc, _ = watches.pop().run(argv, env, errf)
+            if rc == 0:
                 return 0, ""
             errf.seek(0)
-            return p.returncode, errf.read().decode(errors="replace")
+            return rc, errf.read().decode(errors="replace") or f"exit {rc}"
+        # As containerd's shim and conmon are: the subreaper of the container, so that
+        # its process, orphaned when `create` exits, is reaped the moment it exits.  Left
+        # to this machine's init, a zombie waited up to ~50 ms for it, and `runc delete`
+        # (whose cgroup rmdir is refused while the zombie is a member) slept in steps of
+        # that size: every lifecycle row came out quantized to ~50 ms.
+        _subreaper(True)
         t0 = time.monotonic_ns()
         try:
             rc, err = step(self.create_argv + ["create", "--bundle", self.bundle, "--pid-file", pidfile, cid])
@@ -996,8 +1038,13 @@ class Lifecycle(Variant):
             if rc == 0:
                 rc, err = step(runc + ["delete", cid])
             elapsed = time.monotonic_ns() - t0
-        except (OSError, subprocess.TimeoutExpired) as e:
+        except OSError as e:
             elapsed, rc, err = time.monotonic_ns() - t0, -1, str(e)
+        finally:
+            for w in watches:
+                w.timer.cancel()
+            _subreaper(False)
+            _reap_orphans()
         errf.close()
         if rc != 0:
             sh(runc + ["delete", "--force", cid])
@@ -1008,9 +1055,34 @@ class Lifecycle(Variant):
         return elapsed, rc, err
 
 
+PR_SET_CHILD_SUBREAPER = 36
+_LIBC = None
+
+
+def _subreaper(on: bool) -> None:
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    _LIBC.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+
+
+def _reap_orphans() -> None:
+    """Reap what was orphaned onto us while we were a subreaper (no child of ours is
+    running at this point: every step's subprocess has been waited for)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def _wait_exit(pidfile: str, limit_s: float = 20.0) -> tuple[int, str]:
-    """Wait until the container's process (not our child: reparented) has exited: gone
-    from /proc or a zombie.  Polls every 0.2 ms."""
+    """Wait until the container's process has exited, and reap it: it is our child,
+    reparented to us as the subreaper (Lifecycle.once).  Where it is not (it was
+    reparented elsewhere), gone from /proc or a zombie counts.  Polls every 0.2 ms."""
     try:
         with open(pidfile) as f:
             pid = int(f.read().strip())
@@ -1018,6 +1090,11 @@ def _wait_exit(pidfile: str, limit_s: float = 20.0) -> tuple[int, str]:
         return 1, f"pid file: {err}"
     end = time.monotonic() + limit_s
     while time.monotonic() < end:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return 0, ""
+        except ChildProcessError:
+            pass
         try:
             with open(f"/proc/{pid}/stat") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
@@ -1178,7 +1255,7 @@ def peer_variants(setup: Setup, nvl: list, user) -> list:
 
     visible = {"hook": CDI_ALL}
 
-    def add(key, label, rootfs_src, hook, create, env=None, note=""):
+    def add(key, label, rootfs_src, hook, create, env=None, note="", visible=visible):
         def make(vis):
             bundle, pristine = lifecycle_bundle(setup, f"bundle-{key}", rootfs_src, hook, vis)
             cache = os.path.join(bundle, "rootfs", "etc", "ld.so.cache")
@@ -1186,6 +1263,8 @@ def peer_variants(setup: Setup, nvl: list, user) -> list:
             shutil.copyfile(cache, saved)
             return Lifecycle(key, label, create, state, bundle, env=env, note=note or None,
                              restore=[(pristine, os.path.join(bundle, "config.json")), (saved, cache)])
+        if isinstance(visible, str):        # a fixed value for this row
+            visible = {"hook": visible}
         try:
             v = make(visible["hook"] if hook else CDI_ALL)
             if hook and visible["hook"] == CDI_ALL:
@@ -1204,6 +1283,14 @@ def peer_variants(setup: Setup, nvl: list, user) -> list:
     add("lc-runc", "runc create/start/delete (plain)", setup.rootfs, None, runc)
     if entry:
         add("lc-hook", "runc create/start/delete + `nvlaunch hook prestart`", setup.rootfs, entry, runc)
+        # What bounds a hook written in Python, in the same run: runc's own cost of calling
+        # a hook, the interpreter the entry starts, and nvlaunch with nothing to do.
+        add("lc-hook-true", "runc lifecycle + a `/bin/true` prestart hook (runc's cost of a hook)",
+            setup.rootfs, {"path": "/bin/true", "args": ["true"]}, runc)
+        add("lc-hook-python", "runc lifecycle + a `python -I -S -c pass` prestart hook (the interpreter)",
+            setup.rootfs, {"path": sys.executable, "args": ["python", "-I", "-S", "-c", "pass"]}, runc)
+        add("lc-hook-void", "runc lifecycle + nvlaunch hook, NVIDIA_VISIBLE_DEVICES=void (nothing to do)",
+            setup.rootfs, entry, runc, visible="void")
     if nvidia:
         add("lc-nvidia", "nvidia-container-runtime (CDI mode) over runc, create/start/delete",
             setup.rootfs, None, [nvidia["runtime"], "--root", state], env=nvidia["env"])
@@ -1490,7 +1577,8 @@ def peers_table(res: dict) -> list:
         r = rows.get(k)
         return r["median_ms"] if r and r["available"] else None
     lines = []
-    pairs = [("lc-runc", None), ("lc-hook", "lc-runc"), ("lc-nvidia", "lc-runc")]
+    pairs = [("lc-runc", None), ("lc-hook", "lc-runc"), ("lc-nvidia", "lc-runc"),
+             ("lc-hook-true", "lc-runc"), ("lc-hook-python", "lc-runc"), ("lc-hook-void", "lc-runc")]
     for n in LD_SIZES:
         pairs += [(f"lc-hook-ld{n}", "lc-runc"), (f"lc-nvidia-ld{n}", "lc-runc")]
     pairs += [(f"nvlaunch-ld{n}", f"nvlaunch-ld{LD_SIZES[0]}") for n in LD_SIZES]
@@ -1524,6 +1612,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", help="where to build the trees (default: a new dir in /tmp, removed)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--no-scaling", action="store_true")
+    ap.add_argument("--only", metavar="REGEX",
+                    help="run only the variants whose key or label matches (and none of the extra sections)")
     args = ap.parse_args(argv)
 
     quick = args.quick
@@ -1569,6 +1659,9 @@ def main(argv=None) -> int:
                     v.env.setdefault("USER", user.pw_name)
                     v.env.setdefault("LOGNAME", user.pw_name)
                     v.env.setdefault("XDG_RUNTIME_DIR", None)   # root's, if set: not the user's
+        if args.only:
+            pick = re.compile(args.only)
+            variants = [v for v in variants if pick.search(v.key) or pick.search(v.label)]
         for v in variants:
             v.example = v.argv(0)
 
@@ -1604,17 +1697,18 @@ def main(argv=None) -> int:
                     res.setdefault("raw_phases", {})[v.twin_of] = {
                         k: r3(med([p[k] for p in v.raw_phases if k in p])) for k in names}
 
-        print("inside prepare, imports ...", flush=True)
-        guarded(res, "prepare_split", lambda: prepare_split(setup, 1, 5 if quick else 15))
-        env1 = {**base_env, **setup.host_env(1)}
-        guarded(res, "importtime_gpu", lambda: import_profile(
-            nvl + ["run", "--gpus", "all", "--capabilities", "all", setup.rootfs, "/bin/true"], env1,
-            3 if quick else 9))
-        guarded(res, "importtime_nogpu", lambda: import_profile(
-            nvl + ["run", "--no-gpu", setup.rootfs, "/bin/true"], env1, 3 if quick else 9))
-        guarded(res, "scaling", lambda: scaling_section(setup, variants, nvl, gpu_counts, n, warmup, base_env,
-                                                         quick or args.no_scaling, quick))
-        guarded(res, "ldcache", lambda: ldcache_bench(200))
+        if not args.only:
+            print("inside prepare, imports ...", flush=True)
+            guarded(res, "prepare_split", lambda: prepare_split(setup, 1, 5 if quick else 15))
+            env1 = {**base_env, **setup.host_env(1)}
+            guarded(res, "importtime_gpu", lambda: import_profile(
+                nvl + ["run", "--gpus", "all", "--capabilities", "all", setup.rootfs, "/bin/true"], env1,
+                3 if quick else 9))
+            guarded(res, "importtime_nogpu", lambda: import_profile(
+                nvl + ["run", "--no-gpu", setup.rootfs, "/bin/true"], env1, 3 if quick else 9))
+            guarded(res, "scaling", lambda: scaling_section(setup, variants, nvl, gpu_counts, n, warmup,
+                                                             base_env, quick or args.no_scaling, quick))
+            guarded(res, "ldcache", lambda: ldcache_bench(200))
         res["notes"] = setup.notes + [
             "bwrap 0.8 has no overlay and cannot make mount points in a read-only bind: each bwrap run gets "
             "`--bind ROOT /` of a fresh hard-linked clone of the rootfs on a tmpfs (made and removed "

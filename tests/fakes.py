@@ -128,6 +128,9 @@ class FakeKernel:
     def chdir(self, path):
         self._record("chdir", path)
 
+    def chroot(self, path):
+        self._record("chroot", path)
+
     def prctl(self, option, arg2):
         self._record("prctl", option, arg2)
         return 0

@@ -21,14 +21,15 @@ What the hook does, in this order:
    prestart/create-runtime find it from the state's pid (a host pid, from the runtime's
    pid namespace); create-container runs inside the container's cgroup and uses
    /proc/self.  A rootless runtime gets no cgroup writes (said once in debug output).
-5. Inject: prestart and create-runtime run in the runtime's namespaces, so a forked child
-   joins the container's user namespace when that differs from ours (and becomes its
-   root there, as nsenter(1) does, see _become_root), then its mount namespace, applies
-   the plan there (exec.inject's in-root executor; on failure the mounts made so far are
-   detached and the files created for them removed) and reports back over a pipe
-   (exec.enter).  This process never leaves the host namespaces, so the cgroup
-   undo and the error line happen here.  create-container already runs in the
-   container's mount namespace (before pivot_root): inject directly.  If injection
+5. Inject: prestart and create-runtime run in the runtime's namespaces (exec.enter).
+   Where the container has a user namespace of its own, a forked child joins it (and
+   becomes its root there, as nsenter(1) does, see become_root), then its mount
+   namespace, applies the plan there (exec.inject's in-root executor; on failure the
+   mounts made so far are detached and the files created for them removed) and reports
+   back over a pipe.  Where it has none (a root runtime), this process visits the mount
+   namespace, injects and comes back, without a fork.  Either way the cgroup undo and
+   the error line happen in the host's namespaces.  create-container already runs in
+   the container's mount namespace (before pivot_root): inject directly.  If injection
    fails, the cgroup rules added in step 4 are removed again.
 
 Every failure is one `nvlaunch: error: hook STAGE: container ID: ...` line on stderr and
@@ -48,11 +49,9 @@ import sys
 from nvlaunch.core import errors as E
 from nvlaunch.core.argv import parse_command
 from nvlaunch.core.log import checkpoint, log, truthy
-from nvlaunch.host.view import HostView
 from nvlaunch.oci.hooks import check_environment, guard_hook
 from nvlaunch.oci.state import (MAX_STATE, container_rootfs, load_config, read_state, selection_env,
                                 state_pid)
-from nvlaunch.plan.cache import plan_for_rootfs
 from nvlaunch.plan.request import Request
 
 TYPE_CHECKING = False
@@ -130,6 +129,10 @@ def run_hook(gopts: dict, stage: str, state: dict, no_cgroups: bool = False) -> 
     if not os.path.isdir(rootfs):
         raise E.UsageError(f"rootfs {rootfs}: not a directory")
     pid = state_pid(state) if stage in RUNTIME_NS_STAGES else None   # bad input first
+    # Imported only now: a container that asks for no GPU (every container, where the
+    # hook is installed for all of them through hooks.d) never loads the plan modules.
+    from nvlaunch.host.view import HostView
+    from nvlaunch.plan.cache import plan_for_rootfs
     plan, cache_key = plan_for_rootfs(req, HostView.from_options(gopts), rootfs)
     try:
         return _apply(plan, stage, rootfs, pid, no_cgroups)

@@ -111,10 +111,10 @@ def cmd_run(gopts: dict, args: list) -> int:
     if opts.get("timings") or os.environ.get("NVLAUNCH_TIMINGS") == "1":
         from nvlaunch.core.timings import Timings
         timings = Timings(gopts.get("t_main") or time.monotonic_ns())
-    plan, cache_key, selected = _run_plan(gopts, opts, dict(env), rootfs)
-    if selected is not None:    # CUDA_VISIBLE_DEVICES & co. count the container's GPUs
+    plan, cache_key, allocated = _run_plan(gopts, opts, dict(env), rootfs)
+    if allocated is not None:   # CUDA_VISIBLE_DEVICES & co. count the container's GPUs
         from nvlaunch.plan.selection import renumbered_env
-        env = renumbered_env(env, selected)
+        env = renumbered_env(env, allocated)
     hostname = opts.get("hostname")
     cfg = RunConfig(rootfs=rootfs, argv=argv, env=tuple(env), binds=tuple(binds), workdir=workdir,
                     hostname=hostname, net=net, uid=uid, gid=gid,
@@ -314,23 +314,29 @@ def _docker_gpus(spec: str) -> str:
 def _run_plan(gopts: dict, opts: dict, env: dict, rootfs: str):
     """The GPU part of `run`: --gpus wins, else NVIDIA_VISIBLE_DEVICES from --env.
     Inside a scheduler's allocation (a Slurm step, a device cgroup) the spec counts the
-    allocation's GPUs (plan.selection.allocation_spec).  Returns (plan, cache key or None,
-    the GPUs selected, in host terms, or None); a plan cached by an earlier launch is
-    reused while what it was built from is unchanged (plan.cache)."""
+    allocation's GPUs (plan.selection.allocated_spec).  Returns (plan, cache key or None,
+    inside an allocation the GPUs selected from it, in host terms, else None); a plan
+    cached by an earlier launch is reused while what it was built from is unchanged
+    (plan.cache)."""
     if opts.get("no_gpu"):
         return Plan(), None, None
     spec = opts.get("gpus", env.get("NVIDIA_VISIBLE_DEVICES"))
     if spec is None or spec.strip() in ("", "void"):
         return Plan(), None, None
     spec = _docker_gpus(spec)
+    from nvlaunch.host.allocation import unrestricted
     from nvlaunch.host.view import HostView
     from nvlaunch.plan import cache as plancache
     from nvlaunch.plan.request import Request
-    from nvlaunch.plan.selection import allocation_spec
     host = HostView.from_options(gopts)
-    spec = allocation_spec(spec, host)
+    allocated = None
+    if not unrestricted(host):      # (the selection modules only where it may matter)
+        from nvlaunch.plan.selection import allocated_spec
+        allocated = allocated_spec(spec, host)
+    if allocated is not None:
+        spec = allocated
     caps = opts.get("capabilities", env.get("NVIDIA_DRIVER_CAPABILITIES"))
     req = Request(gpus=spec, capabilities=caps,
                   env=tuple(sorted((k, v) for k, v in env.items() if k.startswith("NVIDIA_"))))
     plan, key = plancache.plan_for_rootfs(req, host, rootfs)
-    return plan, key, spec
+    return plan, key, allocated

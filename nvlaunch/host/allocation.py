@@ -32,12 +32,13 @@ import stat
 
 from nvlaunch.core.errors import SelectionError
 from nvlaunch.core.records import record
-from nvlaunch.host.gpus import Gpu, enumerate_gpus
 from nvlaunch.host.view import HostView
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
+
+    from nvlaunch.host.gpus import Gpu
 
 MAJOR_NVIDIA = 195          # the NVIDIA character device major (fixed, devices.txt)
 DEFAULT_SLURM_CONF = "/etc/slurm/slurm.conf"
@@ -94,6 +95,28 @@ def _cgroup_allowed(host: HostView, gpus: Sequence[Gpu]) -> tuple[int, ...] | No
     allowed = tuple(g.minor for g in gpus
                     if not cgroup_denies(host.dev(f"/dev/nvidia{g.minor}"), groups))
     return None if len(allowed) == len(gpus) else allowed
+
+
+def unrestricted(host: HostView, environ: Mapping[str, str] | None = None) -> bool:
+    """True where read_allocation() would surely say None, answered without enumerating
+    the GPUs (`run` asks on every launch): no Slurm task in the environment (neither of
+    SLURM_VARS, no SLURM_JOB_ID), and the device cgroup admits every /dev/nvidiaN node
+    there is.  False means only: ask read_allocation()."""
+    environ = os.environ if environ is None else environ
+    if environ.get("SLURM_JOB_ID") or any(v in environ for v in SLURM_VARS):
+        return False
+    dev = host.dev("/dev")
+    try:
+        names = os.listdir(dev)
+    except OSError:
+        return False
+    groups = _groups()
+    for name in names:
+        minor = name[len("nvidia"):]
+        if name.startswith("nvidia") and minor.isascii() and minor.isdigit() \
+                and cgroup_denies(f"{dev}/{name}", groups):
+            return False
+    return True
 
 
 # ------------------------------------------------------------------ Slurm
@@ -272,7 +295,10 @@ def read_allocation(host: HostView, environ: Mapping[str, str] | None = None,
     it.  `environ`: the caller's environment (default os.environ); `gpus`: the host's
     (default enumerate_gpus(host)).  SelectionError where Slurm's grant cannot be mapped."""
     environ = os.environ if environ is None else environ
-    gpus = enumerate_gpus(host) if gpus is None else tuple(gpus)
+    if gpus is None:
+        from nvlaunch.host.gpus import enumerate_gpus
+        gpus = enumerate_gpus(host)
+    gpus = tuple(gpus)
     if not gpus:
         return None
     slurm = _slurm_allowed(environ, gpus)

@@ -25,9 +25,9 @@ file; nothing else escapes.
 """
 from __future__ import annotations
 
-import operator
+import _operator as operator   # the C modules: `operator` and `struct` cost an import each
+import _struct as struct
 import os
-import struct
 import sys
 from itertools import compress, repeat
 
@@ -469,7 +469,7 @@ def _pack(ordered: list[CacheEntry]) -> bytes:
                                     else put(key))
         try:
             table += _ENTRY_NEW.pack(e.flags, koff, voff, e.osversion, e.hwcap)
-        except struct.error as err:
+        except struct.error as err:  # type: ignore[attr-defined]  # (missing from _struct.pyi)
             raise ValueError(f"ld cache entry {i} ({e.key!r}): {err}") from err
     header = _HEADER_NEW.pack(MAGIC_NEW, len(ordered), len(strings), _FLAGS_ENDIAN_LITTLE, 0)
     return bytes(header + table + strings)

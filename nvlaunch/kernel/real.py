@@ -63,6 +63,7 @@ class RealKernel:
     chmod = staticmethod(os.chmod)
     chown = staticmethod(os.chown)
     chdir = staticmethod(os.chdir)
+    chroot = staticmethod(os.chroot)
     # credentials (a root container's --uid/--gid)
     setgroups = staticmethod(os.setgroups)
     setgid = staticmethod(os.setgid)

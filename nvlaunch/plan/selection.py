@@ -306,21 +306,28 @@ def select_gpus(spec: str | None, gpus: Iterable[Gpu], host: HostView | None = N
 def allocation_spec(spec: str | None, host: HostView, environ: Mapping[str, str] | None = None
                     ) -> str | None:
     """`spec` (--gpus / NVIDIA_VISIBLE_DEVICES syntax) as the caller's allocation reads it,
-    in host terms: outside any allocation `spec` itself; inside one (host.allocation) the
-    selected GPUs' UUIDs (MIG devices as MIG-<gpu uuid>/<gi>/<ci>), or "none" where the
-    allocation holds none.  void/none pass through without a look at the host.
+    in host terms: outside any allocation `spec` itself, inside one allocated_spec()'s."""
+    got = allocated_spec(spec, host, environ)
+    return spec if got is None else got
+
+
+def allocated_spec(spec: str | None, host: HostView, environ: Mapping[str, str] | None = None
+                   ) -> str | None:
+    """Inside an allocation (host.allocation) the GPUs `spec` selects from it, in host terms:
+    their UUIDs (MIG devices as MIG-<gpu uuid>/<gi>/<ci>), or "none" where the allocation
+    holds none; None outside any allocation, and for void/none (no look at the host).
     `environ`: the caller's environment (default os.environ).  SelectionError names a GPU
     outside the allocation, an index beyond it, or a Slurm grant that cannot be mapped."""
     items = [s.strip() for s in (spec or "").split(",")]
     items = [s for s in items if s]
     if not items or items in (["void"], ["none"]):
-        return spec
+        return None
     from nvlaunch.host.allocation import read_allocation
     from nvlaunch.host.gpus import enumerate_gpus
     gpus = enumerate_gpus(host)
     alloc = read_allocation(host, environ, gpus)
     if alloc is None:
-        return spec
+        return None
     held = set(alloc.minors)
     inside = tuple(g for g in gpus if g.minor in held)
     scope = _Scope(tuple(g for g in gpus if g.minor not in held), alloc.source)
@@ -337,7 +344,7 @@ VISIBLE_VARS = ("CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
 def renumbered_env(env: Iterable[tuple[str, str]], spec: str | None) -> list[tuple[str, str]]:
     """A container environment whose CUDA_VISIBLE_DEVICES / GPU_DEVICE_ORDINAL (inherited
     from a Slurm task, say, where they count the host's or the cgroup's GPUs) count the
-    devices of `spec` (an allocation_spec() result) instead: 0..n-1, as the container
+    devices of `spec` (an allocated_spec() result) instead: 0..n-1, as the container
     sees them.  Variables that are absent stay absent."""
     items = [s for s in (x.strip() for x in (spec or "").split(",")) if s]
     n = 0 if items in ([], ["void"], ["none"]) else len(items)

@@ -129,6 +129,17 @@ def test_docker_gpu_forms(nvl_root, fake, rootfs, spec, want):
     assert sorted(devices) == sorted(by_index[i] for i in want), proc.stdout
 
 
+@pytest.mark.parametrize("spec", ["all", "0", "count=2"])
+def test_cuda_visible_devices_is_left_alone_outside_an_allocation(nvl_root, fake, rootfs, spec):
+    """Renumbering CUDA_VISIBLE_DEVICES is for a scheduler's allocation (docs/cluster.md);
+    outside one the container gets the value it was given (it once became "0" for
+    --gpus all, hiding every GPU but the first from CUDA)."""
+    proc = nvl_root("run", "--dry-run", "--gpus", spec, "--env", "CUDA_VISIBLE_DEVICES=1,0",
+                    rootfs, "/bin/true", env=fake.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "env     CUDA_VISIBLE_DEVICES=1,0" in proc.stdout.splitlines(), proc.stdout
+
+
 def test_dry_run_checks_and_shows_everything(nvl, rootfs, hostdir):
     line = one_error(nvl("run", "--dry-run", "--bind", "/no/such/src:/x", rootfs, "/bin/true"))
     assert "/no/such/src" in line

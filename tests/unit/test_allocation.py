@@ -132,6 +132,40 @@ def test_slurm_and_cgroup_intersect(view, slurm, monkeypatch):
     assert A.read_allocation(view, env).minors == (0,)
 
 
+@pytest.mark.parametrize("denied,env", [
+    ((), {}),                                   # nothing restricts: unrestricted
+    ((2,), {}),                                 # the cgroup refuses nvidia2
+    ((), {"SLURM_JOB_ID": "7"}),                # a Slurm task: ask read_allocation
+    ((), {"SLURM_STEP_GPUS": "0"}),
+])
+def test_unrestricted_answers_as_read_allocation(view, monkeypatch, denied, env):
+    """The launch's fast question: True only where read_allocation() says None."""
+    asked = []
+
+    def denies(path, groups=None):
+        asked.append(os.path.basename(path))
+        return any(path.endswith(f"/nvidia{m}") for m in denied)
+    monkeypatch.setattr(A, "cgroup_denies", denies)
+    fast = A.unrestricted(view, env)
+    assert fast is (not env and not denied)
+    assert set(asked) <= {f"nvidia{m}" for m in range(4)}       # the GPU nodes alone
+    if fast:
+        assert sorted(asked) == [f"nvidia{m}" for m in range(4)]   # every one of them
+        assert A.read_allocation(view, env) is None
+    elif not env:
+        assert 2 not in A.read_allocation(view, env).minors
+    monkeypatch.setattr(A, "cgroup_denies", lambda path, groups=None: False)
+    assert A.unrestricted(HostView("/nonexistent", "/nonexistent", "/nonexistent"), {}) is False
+
+
+def test_allocated_spec_is_none_outside_an_allocation(view, monkeypatch):
+    """Outside any allocation `run` keeps the spec and leaves CUDA_VISIBLE_DEVICES alone."""
+    monkeypatch.setattr(A, "cgroup_denies", lambda path, groups=None: False)
+    assert S.allocated_spec("all", view, {}) is None
+    assert S.allocation_spec("all", view, {}) == "all"
+    assert S.allocated_spec("void", view, {}) is None
+
+
 def test_cgroup_denies_reads_the_mode_bits(tmp_path):
     """access() refused and the mode bits allow it: the cgroup; mode bits refuse: unknown."""
     assert A.cgroup_denies(str(tmp_path / "missing")) is False

@@ -77,3 +77,24 @@ def test_a_bounded_process_gives_up_through_its_error_path():
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("undone: gave up after 1 s")
+
+
+@pytest.mark.parametrize("visible", [None, "", "void"])
+def test_a_hook_with_nothing_to_do_loads_no_plan_module(tmp_path, visible):
+    """A container that asks for no GPU (every container, where hooks.d installs the hook
+    for all of them) exits 0 before the plan cache, discovery or an executor is imported."""
+    import json
+    env = ["PATH=/usr/bin"] + ([] if visible is None else [f"NVIDIA_VISIBLE_DEVICES={visible}"])
+    (tmp_path / "rootfs").mkdir()
+    (tmp_path / "config.json").write_text(json.dumps({"root": {"path": "rootfs"},
+                                                      "process": {"env": env}}))
+    state = json.dumps({"id": "c1", "pid": 1, "bundle": str(tmp_path)})
+    code = ("import sys\nfrom nvlaunch.cli import main\nrc = main(['hook', 'prestart'])\n"
+            "print(rc, ' '.join(sorted(m for m in sys.modules if m.startswith(('nvlaunch.plan.',"
+            " 'nvlaunch.exec.', 'nvlaunch.host.driver', 'nvlaunch.kernel.')))))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, input=state, capture_output=True,
+                       text=True, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    rc, _, loaded = r.stdout.strip().partition(" ")
+    assert rc == "0" and r.stderr == ""
+    assert loaded.split() == ["nvlaunch.plan.request"], loaded

@@ -7,7 +7,6 @@ import os
 import stat
 import time
 
-from nvlaunch.core import jsonread
 from nvlaunch.core.errors import UsageError
 
 TYPE_CHECKING = False
@@ -155,6 +154,7 @@ def load_json_object(path: str, missing_ok: bool = False) -> dict[str, Any]:
             raw = f.read()
         if missing_ok and not raw.strip():
             return {}
+        from nvlaunch.core import jsonread     # (the C scanner: only where JSON is read)
         data = jsonread.loads(raw)
     except FileNotFoundError as err:
         if missing_ok:

@@ -1534,6 +1534,21 @@ def targets(res: dict) -> list:
         out.append({"what": "nvlaunch hook's added ms / NVIDIA CDI runtime's added ms", "goal": "≤ 0.5",
                     "figure": "NVIDIA's runtime or the hook unavailable", "target": "not measured"})
     ratio_target("runc run + nvlaunch hook / runc run (one `runc run`)", get("runc-hook"), get("runc"), 1.5)
+    # What bounds the two targets above, from the same run: the added ms of a hook that
+    # only starts the interpreter, and of nvlaunch's hook with nothing to do, each against
+    # NVIDIA's added ms; and `run` with no GPU work at all against the headline's bwrap.
+    for key, what in (("lc-hook-python", "bound: a `python -I -S -c pass` hook's added ms"),
+                      ("lc-hook-void", "bound: nvlaunch's hook with nothing to do, added ms")):
+        a = get(key)
+        if a and b and c and b - c > 0:
+            out.append({"what": f"{what} / NVIDIA CDI runtime's added ms",
+                        "figure": f"{a - c:.1f} / {b - c:.1f} ms = {(a - c) / (b - c):.2f}",
+                        "goal": "(what a Python hook starts from)", "target": "–"})
+    a, b = get(f"nvlaunch-nogpu{hg}"), get(f"bwrap-default{hg}")
+    if a and b:
+        out.append({"what": f"bound: nvlaunch run --no-gpu as {u if hg else 'root'} / the headline's bwrap",
+                    "figure": f"{a:.1f} / {b:.1f} ms = {a / b:.2f}×",
+                    "goal": "(no GPU work at all)", "target": "–"})
     for key, what, goal in (("nvlaunch-ld", "nvlaunch run", 2.0), ("lc-hook-ld", "runc + nvlaunch hook", 2.0),
                             ("lc-nvidia-ld", "NVIDIA CDI runtime", None)):
         lo, hi = get(f"{key}{LD_SIZES[0]}"), get(f"{key}{LD_SIZES[-1]}")

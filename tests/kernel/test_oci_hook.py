@@ -375,6 +375,29 @@ def test_runc_user_namespace(work, host, wrapper):
     assert tree_snapshot(os.path.join(work, "rootfs")) == before
 
 
+@needs_runc
+@pytest.mark.parametrize("userns,way", [(False, "injected from this process"),
+                                        (True, "injector child")])
+def test_how_the_hook_enters(work, host, wrapper, userns, way):
+    """Without a user namespace of the container's own the hook visits its mount namespace
+    itself (no fork) and comes back; with one, a child joins it.  Either way the container
+    gets its GPU (the failure cases below run the visiting way: their cgroup undo and
+    error line happen after it came back)."""
+    debug = os.path.join(work, "hook.log")
+    make_bundle(work, ["/bin/sh", "-c", PROBE], env=["NVIDIA_VISIBLE_DEVICES=0"],
+                hooks={"prestart": [hook_entry(wrapper, host,
+                                               extra_env=[f"NVLAUNCH_DEBUG_FILE={debug}"])]},
+                userns=userns, rootfs_owner=100000 if userns else None)
+    proc = run_container(work)
+    assert proc.returncode == 0, proc.stderr
+    expect_gpus(proc.stdout, host, [0])
+    with open(debug) as f:
+        log = f.read()
+    assert way in log and "injected;" in log, log
+    other = "injector child" if way != "injector child" else "injected from this process"
+    assert other not in log, log
+
+
 @pytest.fixture(scope="module")
 def script(moddir):
     """nvlaunch's own script as installed (tests.conftest.installed_script)."""

@@ -334,14 +334,22 @@ def build_root(cfg: RunConfig, kernel: Kernel, layout: Layout, rootless: bool,
     mark("base-mounts")
 
     # 5. The plan: driver files, device nodes, /proc/driver/nvidia; then the user's binds.
+    # One resolver walks the merged tree for all of them, so that the directories most
+    # binds share are looked at once (~1.5 ms of 50 binds).  Its memo is dropped wherever
+    # the tree's names can change under it: a late step creates entries, a directory
+    # bind covers a directory; a file or device bound over a mount point changes no name.
+    in_new = Resolver(new)
     for s in steps:
-        target = new + (s.dst if s.late else resolve_in_root(new, s.dst))
+        target = new + (s.dst if s.late else in_new.canonical(s.dst))
         if s.late:
             b.prepare_late(s, target)
+            in_new.memo.clear()
         if s.source is not None:
             e = s.entry
             assert isinstance(e, (BindFile, BindDir, BindDevice))   # what has a source
             bind(kernel, s.source, target, bind_flags(e), e.src, s.dst)
+            if s.kind == "dir":
+                in_new.memo.clear()
     for ub in cfg.binds:
         target = new + resolve_in_root(new, ub.dst)
         bind(kernel, layout.host_path(ub.src), target,

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 
 from nvlaunch.core.consts import (
     BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI, BPF_F_REPLACE, BPF_PROG_TYPE_CGROUP_DEVICE,
@@ -239,6 +238,7 @@ def load_device_program(insns: bytes, kernel: Kernel = REAL) -> int:
         except OSError as err:
             if err.errno == errno.EPERM and not raised_memlock:
                 raised_memlock = True
+                import resource     # (a C module loaded from disk: only on this path)
                 try:
                     inf = resource.RLIM_INFINITY
                     resource.setrlimit(resource.RLIMIT_MEMLOCK, (inf, inf))

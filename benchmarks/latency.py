@@ -552,20 +552,36 @@ def hook_wrapper(work: str) -> str:
     return path
 
 
+_LIBC = None
+
+
+def _libc():
+    """The C library, through ctypes (loaded once: the preexec_fns and the subreaper)."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
+def _private_mount_namespace(libc) -> None:
+    """In a preexec_fn: a mount namespace of the child's own, nothing propagating back."""
+    if libc.unshare(0x00020000) != 0:                                  # CLONE_NEWNS
+        os._exit(121)
+    if libc.mount(None, b"/", None, 0x4000 | 0x40000, None) != 0:      # MS_REC|MS_PRIVATE
+        os._exit(122)
+
+
 def hide_cgroup2():
     """preexec_fn for crun on a hybrid-cgroup host: crun refuses hybrid mode ("drop all
     controllers from cgroupv2"); in a private mount namespace without the cgroup2 mount it
     sees plain v1 and uses v1 cgroups like runc.  Costs one unshare+umount in the child
     (microseconds) but forces fork() instead of vfork() for that spawn."""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     unified = b"/sys/fs/cgroup/unified"
 
     def pre():
-        if libc.unshare(0x00020000) != 0:                      # CLONE_NEWNS
-            os._exit(121)
-        if libc.mount(None, b"/", None, 0x4000 | 0x40000, None) != 0:   # MS_REC|MS_PRIVATE
-            os._exit(122)
+        _private_mount_namespace(libc)
         libc.umount2(unified, 2)                               # MNT_DETACH
     return pre
 
@@ -1063,15 +1079,10 @@ class Lifecycle(Variant):
 
 
 PR_SET_CHILD_SUBREAPER = 36
-_LIBC = None
 
 
 def _subreaper(on: bool) -> None:
-    global _LIBC
-    if _LIBC is None:
-        import ctypes
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-    _LIBC.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+    _libc().prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
 
 
 def _reap_orphans() -> None:
@@ -1314,18 +1325,14 @@ def _cdi_namespace(spec_dir: str):
     """preexec_fn: a private mount namespace whose /var/run/cdi (or /etc/cdi) is `spec_dir`,
     so that podman 4.3 (no --cdi-spec-dir, no cdi_spec_dirs) finds only nvlaunch's spec and
     the host's directories stay untouched.  Microseconds; both podman rows get it."""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     target = next((p for p in ("/var/run/cdi", "/run/cdi", "/etc/cdi") if os.path.isdir(p)), None)
     if target is None:
         return None, "no /var/run/cdi or /etc/cdi to bind the spec directory over"
     src, dst = spec_dir.encode(), target.encode()
 
     def pre():
-        if libc.unshare(0x00020000) != 0:                                  # CLONE_NEWNS
-            os._exit(121)
-        if libc.mount(None, b"/", None, 0x4000 | 0x40000, None) != 0:      # MS_REC|MS_PRIVATE
-            os._exit(122)
+        _private_mount_namespace(libc)
         if libc.mount(src, dst, None, 0x1000, None) != 0:                  # MS_BIND
             os._exit(123)
     return pre, ""

@@ -10,7 +10,7 @@ NVML (host.gpus.nvml_mig_uuids), asked only when a MIG form needs it.
 
 Inside a scheduler's allocation (host.allocation: a Slurm step, a device cgroup that lets
 only some GPUs through) `all` means the allocation's GPUs and indices count within it, in
-PCI order; a GPU of the host outside it is an error that names it.  allocation_spec()
+PCI order; a GPU of the host outside it is an error that names it.  allocated_spec()
 does that for a front end: it turns the request into the selected GPUs' UUIDs before a
 Request is made, so the plan (and the plan cache's key) holds host GPUs only.
 """
@@ -245,7 +245,7 @@ def select_gpus(spec: str | None, gpus: Iterable[Gpu], host: HostView | None = N
     ambiguous UUID prefix, a MIG device that does not exist, or bad syntax.  Duplicates
     are dropped and the request's order kept; a MIG device also selects its parent GPU.
     `host` is needed for MIG devices (and to list MIG devices for "all").  With `scope`
-    (allocation_spec), `gpus` are an allocation's and a GPU of the host outside it is an
+    (allocated_spec), `gpus` are an allocation's and a GPU of the host outside it is an
     error saying so.
     """
     gpus = tuple(gpus)
@@ -303,19 +303,12 @@ def select_gpus(spec: str | None, gpus: Iterable[Gpu], host: HostView | None = N
     return Selection(tuple(chosen), tuple(migs), MODE_DEVICES)
 
 
-def allocation_spec(spec: str | None, host: HostView, environ: Mapping[str, str] | None = None
-                    ) -> str | None:
-    """`spec` (--gpus / NVIDIA_VISIBLE_DEVICES syntax) as the caller's allocation reads it,
-    in host terms: outside any allocation `spec` itself, inside one allocated_spec()'s."""
-    got = allocated_spec(spec, host, environ)
-    return spec if got is None else got
-
-
 def allocated_spec(spec: str | None, host: HostView, environ: Mapping[str, str] | None = None
                    ) -> str | None:
-    """Inside an allocation (host.allocation) the GPUs `spec` selects from it, in host terms:
-    their UUIDs (MIG devices as MIG-<gpu uuid>/<gi>/<ci>), or "none" where the allocation
-    holds none; None outside any allocation, and for void/none (no look at the host).
+    """Inside an allocation (host.allocation) the GPUs `spec` (--gpus or
+    NVIDIA_VISIBLE_DEVICES syntax) selects from it, in host terms: their UUIDs (MIG devices
+    as MIG-<gpu uuid>/<gi>/<ci>), or "none" where the allocation holds none; None outside
+    any allocation, and for void/none (no look at the host).
     `environ`: the caller's environment (default os.environ).  SelectionError names a GPU
     outside the allocation, an index beyond it, or a Slurm grant that cannot be mapped."""
     items = [s.strip() for s in (spec or "").split(",")]

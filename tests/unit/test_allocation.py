@@ -1,5 +1,5 @@
 """A scheduler's GPU allocation (nvlaunch.host.allocation) and selection inside it
-(nvlaunch.plan.selection.allocation_spec), without root: the fake host's /proc is real
+(nvlaunch.plan.selection.allocated_spec), without root: the fake host's /proc is real
 files; device numbers of gres.conf files and the device cgroup's answer are stood in for
 (tests/kernel/test_slurm.py runs the real thing under Slurm)."""
 import os
@@ -61,8 +61,8 @@ def test_parse_gres_conf_node_lines_and_order():
 
 def test_no_scheduler_means_no_allocation(view):
     assert A.read_allocation(view, {}) is None
-    assert S.allocation_spec("all", view, {}) == "all"
-    assert S.allocation_spec("void", view, {"SLURM_STEP_GPUS": "x"}) == "void"    # not even read
+    assert S.allocated_spec("all", view, {}) is None
+    assert S.allocated_spec("void", view, {"SLURM_STEP_GPUS": "x"}) is None    # not even read
 
 
 def test_slurm_ids_follow_gres_conf_not_pci_order(view, fake, slurm):
@@ -71,9 +71,9 @@ def test_slurm_ids_follow_gres_conf_not_pci_order(view, fake, slurm):
     assert alloc.minors == (2, 3) and "Slurm job 7 step 0 (SLURM_STEP_GPUS=0,1)" in alloc.source
     by_minor = {g.minor: g for g in fake.gpus}
     # in PCI order: minor 3 is index 2, minor 2 is index 3
-    assert S.allocation_spec("all", view, env) == f"{by_minor[3].uuid},{by_minor[2].uuid}"
-    assert S.allocation_spec("1", view, env) == by_minor[2].uuid
-    assert S.allocation_spec(by_minor[3].bus_id, view, env) == by_minor[3].uuid
+    assert S.allocated_spec("all", view, env) == f"{by_minor[3].uuid},{by_minor[2].uuid}"
+    assert S.allocated_spec("1", view, env) == by_minor[2].uuid
+    assert S.allocated_spec(by_minor[3].bus_id, view, env) == by_minor[3].uuid
 
 
 def test_outside_the_allocation_is_an_error_naming_it(view, fake, slurm):
@@ -81,19 +81,19 @@ def test_outside_the_allocation_is_an_error_naming_it(view, fake, slurm):
     out = next(g for g in fake.gpus if g.minor == 0)
     for item in (out.uuid, out.uuid[:12], out.bus_id):
         with pytest.raises(SelectionError, match=r"is outside this allocation \(Slurm job 7 "):
-            S.allocation_spec(item, view, env)
+            S.allocated_spec(item, view, env)
     with pytest.raises(SelectionError, match=r"no GPU with index 1 \(this allocation .* has 1 GPU: 0\)"):
-        S.allocation_spec("1", view, env)
+        S.allocated_spec("1", view, env)
     with pytest.raises(SelectionError, match="unknown GPU 'GPU-ffff'"):
-        S.allocation_spec("GPU-ffff", view, env)
+        S.allocated_spec("GPU-ffff", view, env)
 
 
 def test_slurm_task_without_gpu_variables_has_none(view, slurm):
     env = slurm((0, 1, 2, 3))
     assert A.read_allocation(view, env).minors == ()
-    assert S.allocation_spec("all", view, env) == "none"
+    assert S.allocated_spec("all", view, env) == "none"
     with pytest.raises(SelectionError, match="has no GPUs"):
-        S.allocation_spec("0", view, env)
+        S.allocated_spec("0", view, env)
     # a --container step: Slurm 22.05 gives the runtime no GPU variables
     assert A.read_allocation(view, {**env, "SLURM_CONTAINER": "/b"}) is None
 
@@ -114,7 +114,7 @@ def test_slurm_id_beyond_gres_conf(view, slurm):
 def test_autodetect_numbers_in_pci_order(view, fake, slurm, tmp_path):
     env = slurm((), SLURM_STEP_GPUS="0,3")
     (tmp_path / "gres.conf").write_text("AutoDetect=nvml\n")
-    assert S.allocation_spec("all", view, env) == f"{fake.gpus[0].uuid},{fake.gpus[3].uuid}"
+    assert S.allocated_spec("all", view, env) == f"{fake.gpus[0].uuid},{fake.gpus[3].uuid}"
 
 
 def test_device_cgroup_alone(view, fake, monkeypatch):
@@ -123,7 +123,7 @@ def test_device_cgroup_alone(view, fake, monkeypatch):
     alloc = A.read_allocation(view, {})
     assert sorted(alloc.minors) == [0, 3] and alloc.source == "the device cgroup"
     want = [g.uuid for g in fake.gpus if g.minor in (0, 3)]
-    assert S.allocation_spec("all", view, {}) == ",".join(want)
+    assert S.allocated_spec("all", view, {}) == ",".join(want)
 
 
 def test_slurm_and_cgroup_intersect(view, slurm, monkeypatch):
@@ -162,7 +162,6 @@ def test_allocated_spec_is_none_outside_an_allocation(view, monkeypatch):
     """Outside any allocation `run` keeps the spec and leaves CUDA_VISIBLE_DEVICES alone."""
     monkeypatch.setattr(A, "cgroup_denies", lambda path, groups=None: False)
     assert S.allocated_spec("all", view, {}) is None
-    assert S.allocation_spec("all", view, {}) == "all"
     assert S.allocated_spec("void", view, {}) is None
 
 

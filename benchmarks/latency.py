@@ -1551,12 +1551,14 @@ def targets(res: dict) -> list:
     # What bounds the two targets above, from the same run: the added ms of a hook that
     # only starts the interpreter, and of nvlaunch's hook with nothing to do, each against
     # NVIDIA's added ms; and `run` with no GPU work at all against the headline's bwrap.
+    nvidia, plain = get("lc-nvidia"), get("lc-runc")
     for key, what in (("lc-hook-python", "bound: a `python -I -S -c pass` hook's added ms"),
                       ("lc-hook-void", "bound: nvlaunch's hook with nothing to do, added ms")):
-        a = get(key)
-        if a and b and c and b - c > 0:
+        hook = get(key)
+        if hook and nvidia and plain and nvidia - plain > 0:
             out.append({"what": f"{what} / NVIDIA CDI runtime's added ms",
-                        "figure": f"{a - c:.1f} / {b - c:.1f} ms = {(a - c) / (b - c):.2f}",
+                        "figure": f"{hook - plain:.1f} / {nvidia - plain:.1f} ms = "
+                                  f"{(hook - plain) / (nvidia - plain):.2f}",
                         "goal": "(what a Python hook starts from)", "target": "–"})
     a, b = get(f"nvlaunch-nogpu{hg}"), get(f"bwrap-default{hg}")
     if a and b:

@@ -1,9 +1,10 @@
 """Build nvlaunch and its syscall core (nvlaunch._ns, from nvlaunch/_ns.pyx, Cython 3)."""
+import os
+
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
 
 PACKAGES = ("core", "host", "plan", "kernel", "exec", "render", "oci", "frontends", "setup", "image")
-
-import os
 
 try:
     if not os.path.exists("nvlaunch/_ns.pyx"):
@@ -14,8 +15,22 @@ try:
 except ImportError:  # no Cython (or no .pyx): the C file an sdist carries
     ext = [Extension("nvlaunch._ns", ["nvlaunch/_ns.c"])]
 
+
+
+class build_py_with_bundle(build_py):
+    """build_py, then the launch modules' bundle (nvlaunch/_bundle.py) in the build tree,
+    made by that module's own build() loaded from its file (the package needs no import)."""
+
+    def run(self):
+        super().run()
+        import runpy
+        build = runpy.run_path(os.path.join("nvlaunch", "_bundle.py"))["build"]
+        build(os.path.join(self.build_lib, "nvlaunch"))
+
+
 setup(
     name="nvlaunch",
+    cmdclass={"build_py": build_py_with_bundle},
     version="0.1.0",
     description="NVIDIA GPUs for Linux containers, rootless, for any runtime",
     packages=["nvlaunch"] + [f"nvlaunch.{p}" for p in PACKAGES],

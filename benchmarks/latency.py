@@ -1177,12 +1177,24 @@ def lifecycle_bundle(setup: Setup, name: str, rootfs_src: str, hook_entry: dict 
 
 
 def nvlaunch_hook_entry(host) -> dict:
-    """The prestart entry `nvlaunch setup runc` writes: oci.hooks.invocation() + hook_entry()
-    for this fake host (the console script when installed)."""
+    """The prestart entry `nvlaunch setup runc --config` writes for this fake host, run as
+    the console script where it is installed (oci.hooks.invocation from this process
+    where it is not)."""
     from nvlaunch.oci.hooks import hook_entry, invocation
+    roots = ["--driver-root", host.driver_root, "--dev-root", host.dev_root,
+             "--proc-root", host.proc_root]
+    if os.access(CONSOLE_SCRIPT, os.X_OK):
+        with tempfile.TemporaryDirectory() as d:
+            cfg = os.path.join(d, "config.json")
+            with open(cfg, "w") as f:
+                json.dump({"ociVersion": "1.0.2", "process": {"args": ["/bin/true"]}}, f)
+            proc = subprocess.run([CONSOLE_SCRIPT, *roots, "setup", "runc", "--config", cfg],
+                                  capture_output=True, text=True, timeout=60)
+            if proc.returncode == 0:
+                with open(cfg) as f:
+                    return json.load(f)["hooks"]["prestart"][0]
     gopts = {"driver_root": host.driver_root, "dev_root": host.dev_root, "proc_root": host.proc_root}
-    path = CONSOLE_SCRIPT if os.access(CONSOLE_SCRIPT, os.X_OK) else None
-    return hook_entry(invocation(path, gopts, environ={}))
+    return hook_entry(invocation(None, gopts, environ={}))
 
 
 def setup_nvidia(setup: Setup, host) -> dict | None:

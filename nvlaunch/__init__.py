@@ -24,6 +24,9 @@ PYTHONPATH).  Then the whole package is taken from that installed copy instead, 
 note on stderr says so: one coherent program rather than a checkout that cannot run.  A
 copy of another version is never taken.  Where the core is built here, this costs one
 listdir.
+
+Then the modules a launch loads come from one precompiled file where it is current
+(nvlaunch._bundle).
 """
 import _imp
 import os as _os
@@ -64,4 +67,14 @@ def _use_a_built_copy() -> None:
             continue
 
 
+
+def _serve_from_the_bundle() -> None:
+    """The launch modules from this directory's bundle (nvlaunch._bundle), unless the
+    package was just taken from another copy."""
+    if __path__[0] == _os.path.dirname(__file__):
+        from nvlaunch._bundle import install
+        install(__path__[0])
+
+
 _use_a_built_copy()
+_serve_from_the_bundle()

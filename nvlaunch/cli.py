@@ -17,6 +17,10 @@ _T_MAIN = time.monotonic_ns()
 from nvlaunch.core.argv import HELP, parse_opts  # noqa: E402 - after the clock
 from nvlaunch.core.errors import EXIT_SETUP, UsageError, describe, quote  # noqa: E402
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
 USAGE = """usage: nvlaunch [--driver-root DIR] [--dev-root DIR] [--proc-root DIR] [--debug] COMMAND ...
        nvlaunch --version
 
@@ -60,6 +64,17 @@ COMMANDS = {
     "images": ("nvlaunch.frontends.images", "cmd_images"),
     "rmi": ("nvlaunch.frontends.images", "cmd_rmi"),
 }
+
+
+def entry() -> NoReturn:
+    """The program (bin/nvlaunch, `python -m nvlaunch`, a hook's package command): main(),
+    then out through os._exit once the output is flushed.  Nothing is left to clean up,
+    and the interpreter's teardown of every module would cost a few milliseconds of
+    every container start."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list | None = None) -> int:

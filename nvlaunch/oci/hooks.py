@@ -14,6 +14,11 @@ docker's and containerd's runtime entries).
   lines of .pth files: 12 ms instead of 55 per start on a GPU host's PyTorch
   virtualenv; installers drop options from a script's first line, so it cannot ask for
   -S there);
+- but where that script is the one this process runs as, its Python runs the package
+  this process imported directly, `PYTHON -I -S -c CODE` (package_command): the same
+  program without what a script costs every container before nvlaunch's first line,
+  about 3 ms here (Python probes a script path for a zip archive, compiles its 100
+  lines, and the script looks for site-packages, which a hook never needs);
 - the environment is complete, never inherited: a createContainer hook without `env`
   runs with the container's (CVE-2025-23266: LD_PRELOAD or PYTHONPATH from the image run
   as host root).  PATH, LANG, PYTHONSAFEPATH=1 and PYTHONDONTWRITEBYTECODE=1 always; the
@@ -74,20 +79,35 @@ def invocation(hook_path: str | None = None, gopts: dict | None = None,
     script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     if os.path.basename(script) == "nvlaunch" and os.path.isfile(script) \
             and os.access(script, os.X_OK):
-        return Invocation(*_script_command(script), tuple(env))
+        python = _script_python(script)
+        if python is not None:
+            return Invocation(*package_command(python), tuple(env))
+        return Invocation(script, ("nvlaunch",), tuple(env))
     import shutil       # here: every hook imports this module (check_environment), and
     found = shutil.which("nvlaunch")   # shutil costs it ~10 ms (re, enum, fnmatch)
     if found:
         return Invocation(*_script_command(os.path.abspath(found)), tuple(env))
+    return Invocation(*package_command(sys.executable or "/usr/bin/python3"), tuple(env))
+
+
+# The cyclic garbage collector's first threshold in a hook or launch (bin/nvlaunch sets
+# the same): a start allocates some 10,000 objects (the functions and classes of the
+# modules it imports), none in cycles worth collecting, and at CPython's default of 700
+# the collector ran a dozen times during a `run`: 1.5-2.5 ms of each launch (A/B on the
+# 2-core VM).  It still runs, less often, for the long commands (an image pull).
+GC_THRESHOLD = 50_000
+
+
+def package_command(python: str) -> tuple[str, tuple[str, ...]]:
+    """(executable, argv) running this nvlaunch package with `python`: -I, isolated (no
+    PYTHON* variable, no cwd -- the rootfs -- and no user site on sys.path); -S, no
+    site module (the hook needs nothing from site-packages, and .pth files can cost more
+    than the hook itself); the package's parent directory put first on sys.path by the
+    code itself, which then does what bin/nvlaunch does (cli.entry)."""
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    exe = sys.executable or "/usr/bin/python3"
-    # -I: isolated (no PYTHON* variable, no cwd -- the rootfs -- and no user site on
-    # sys.path); -S: no site module (the hook needs nothing from site-packages, and .pth
-    # files can cost more than the hook itself).  The package's directory is put on
-    # sys.path by the command itself.
-    code = (f"import sys; sys.path.insert(0, {pkg_parent!r}); "
-            "from nvlaunch.cli import main; sys.exit(main())")
-    return Invocation(exe, (os.path.basename(exe), "-I", "-S", "-c", code), tuple(env))
+    code = (f"import gc, sys; gc.set_threshold({GC_THRESHOLD}); sys.path.insert(0, {pkg_parent!r}); "
+            "from nvlaunch.cli import entry; entry()")
+    return python, (python, "-I", "-S", "-c", code)
 
 
 def check_environment(environ, config: dict | None = None) -> None:
@@ -134,19 +154,27 @@ def _settings_env(gopts: dict | None, environ) -> list[str]:
 
 def _script_command(path: str) -> tuple[str, tuple[str, ...]]:
     """(executable, argv) of a hook that runs the nvlaunch program at `path`."""
+    python = _script_python(path, plain=True)
+    if python is None:
+        return path, ("nvlaunch",)
+    # argv[0] the full path: a virtualenv's python finds its pyvenv.cfg through it;
+    # -I as above (the script finds its site-packages itself)
+    return python, (python, "-I", "-S", path)
+
+
+def _script_python(path: str, plain: bool = False) -> str | None:
+    """The Python of nvlaunch's own script at `path` (SCRIPT_MARK on its second line, an
+    absolute interpreter on its first, with options only where not `plain`), else None."""
     try:
         with open(path, "rb") as f:
             head = f.read(512).split(b"\n", 2)
     except OSError:
-        return path, ("nvlaunch",)
+        return None
     words = head[0][2:].split() if head[0].startswith(b"#!") else []
-    if len(head) > 1 and head[1].rstrip() == SCRIPT_MARK and len(words) == 1 \
-            and words[0].startswith(b"/"):
-        python = os.fsdecode(words[0])
-        # argv[0] the full path: a virtualenv's python finds its pyvenv.cfg through it;
-        # -I as above (the script finds its site-packages itself)
-        return python, (python, "-I", "-S", path)
-    return path, ("nvlaunch",)
+    if len(head) > 1 and head[1].rstrip() == SCRIPT_MARK and words and words[0].startswith(b"/") \
+            and (len(words) == 1 or not plain):
+        return os.fsdecode(words[0])
+    return None
 
 
 def hook_entry(inv: Invocation, stage_arg: str = "prestart") -> dict:

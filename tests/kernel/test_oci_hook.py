@@ -405,6 +405,35 @@ def script(moddir):
 
 
 @needs_runc
+def test_the_entry_setup_writes_when_run_as_the_script(work, host, moddir, script):
+    """`nvlaunch setup runc --config` run as nvlaunch's script writes the package command
+    (oci.hooks.package_command: this Python, -I -S -c, the package's directory), and
+    runc's prestart hook gives the container its GPU through it."""
+    make_bundle(work, ["/bin/sh", "-c", PROBE], env=["NVIDIA_VISIBLE_DEVICES=1"])
+    config = os.path.join(work, "config.json")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **host.env()}
+    proc = subprocess.run([script, "setup", "runc", "--config", config], env=env,
+                          capture_output=True, text=True, timeout=60, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    with open(config) as f:
+        doc = json.load(f)
+    entry = doc["hooks"]["prestart"][0]
+    assert entry["path"] == sys.executable
+    assert entry["args"][:4] == [sys.executable, "-I", "-S", "-c"]
+    assert repr(REPO) in entry["args"][4] and entry["args"][5:] == ["hook", "prestart"]
+    assert f"NVLAUNCH_DRIVER_ROOT={host.driver_root}" in entry["env"]
+    xdg = os.path.join(moddir, "xdg-setup")
+    os.makedirs(xdg, mode=0o700, exist_ok=True)
+    entry["env"].append(f"XDG_RUNTIME_DIR={xdg}")   # its plan cache in the test's directory
+    with open(config, "w") as f:
+        json.dump(doc, f)
+    proc = run_container(work)
+    assert proc.returncode == 0, proc.stderr
+    expect_gpus(proc.stdout, host, [1])
+    expect_libcuda(proc.stdout)
+
+
+@needs_runc
 @pytest.mark.parametrize("kind", ["wrapper", "script"])
 def test_runtime_shim_adds_the_hook_once(work, host, wrapper, script, kind):
     hook = wrapper if kind == "wrapper" else script

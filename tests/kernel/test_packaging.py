@@ -49,3 +49,10 @@ def test_sdist_wheel_and_a_fresh_venv(tmp_path, rootfs):
     assert core, "the wheel has no compiled core"
     run = _sh(exe, "run", "--no-gpu", rootfs, "/bin/echo", "from-the-wheel", env=env, cwd="/")
     assert run.stdout == "from-the-wheel\n"
+    # the launch modules come from the wheel's bundle (nvlaunch._bundle), though pip gave
+    # the installed sources new times, and name the installed files
+    probe = ("import nvlaunch.frontends.run as m; "
+             "print(type(m.__loader__).__name__, m.cmd_run.__code__.co_filename)")
+    seen = _sh(str(venv / "bin" / "python"), "-I", "-c", probe, env=env, cwd="/").stdout.split()
+    installed = glob.glob(str(venv / "lib" / "python3*" / "site-packages" / "nvlaunch" / "frontends" / "run.py"))
+    assert seen == ["BundleFinder", installed[0]]

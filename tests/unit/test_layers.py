@@ -34,7 +34,7 @@ ALLOWED = {
     "cli": {"core", "frontends", "setup"},
 }
 # the package's own top-level modules: what each may import
-TOP_LEVEL = {"__main__": {"cli"}, "_ns": set()}
+TOP_LEVEL = {"__main__": {"cli"}, "_ns": set(), "_bundle": set()}
 
 
 def modules() -> dict:

@@ -407,6 +407,42 @@ def test_hook_entry_runs_the_script_with_python_S(tmp_path):
     assert command("/nonexistent/nvlaunch") == ("/nonexistent/nvlaunch", ["nvlaunch"])
 
 
+def test_setup_run_as_the_script_writes_the_package_command(tmp_path):
+    """Run as nvlaunch's own script, setup writes `PYTHON -I -S -c CODE` for the package
+    the script runs (no script start per container); the entry works as a hook."""
+    script = _script_copy(tmp_path, f"#!{sys.executable}")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"ociVersion": "1.0.2", "process": {"args": ["sh"]}}))
+    proc = subprocess.run([script, "setup", "runc", "--config", str(config)], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin"}, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    entry = json.loads(config.read_text())["hooks"]["prestart"][0]
+    assert entry["path"] == sys.executable
+    assert entry["args"][:4] == [sys.executable, "-I", "-S", "-c"] and entry["args"][5:] == ["hook", "prestart"]
+    assert f"sys.path.insert(0, {REPO!r})" in entry["args"][4]
+    assert f"gc.set_threshold({oci_hooks.GC_THRESHOLD})" in entry["args"][4]
+    assert oci_hooks.is_nvlaunch_hook(entry)
+    # the entry runs nvlaunch's hook: nothing to do for a container that asks for no GPU,
+    # one error line for a state that is not JSON
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+                                                    "process": {"env": ["PATH=/bin"], "args": ["sh"]}}))
+    state = json.dumps({"ociVersion": "1.0.2", "id": "c", "pid": 1, "bundle": str(bundle),
+                        "status": "creating"})
+    for stdin, code, err in ((state, 0, ""), ("{nope", 2, "nvlaunch: error: ")):
+        r = subprocess.run(entry["args"], executable=entry["path"], env=dict(e.split("=", 1) for e in entry["env"]),
+                           input=stdin, capture_output=True, text=True, timeout=60, cwd="/")
+        assert (r.returncode != 0) == bool(code) and r.stdout == "", r
+        assert r.stderr.startswith(err) and r.stderr.count("\n") == (1 if err else 0), r.stderr
+
+
+def test_bin_nvlaunch_sets_the_gc_threshold_the_hook_command_does():
+    with open(os.path.join(REPO, "bin", "nvlaunch")) as f:
+        text = f.read()
+    assert f"gc.set_threshold({oci_hooks.GC_THRESHOLD:_})" in text
+
+
 def test_setup_with_a_python_script_hook_path(tmp_path):
     script = _script_copy(tmp_path, "#!/usr/bin/python3")
     dest = tmp_path / "hooks.d" / "nvlaunch.json"

@@ -419,7 +419,12 @@ def test_setup_run_as_the_script_writes_the_package_command(tmp_path):
     entry = json.loads(config.read_text())["hooks"]["prestart"][0]
     assert entry["path"] == sys.executable
     assert entry["args"][:4] == [sys.executable, "-I", "-S", "-c"] and entry["args"][5:] == ["hook", "prestart"]
-    assert f"sys.path.insert(0, {REPO!r})" in entry["args"][4]
+    # the directory of the package the script runs (this venv's, through its site-packages)
+    theirs = subprocess.run([sys.executable, "-c", "import os, nvlaunch; "
+                             "print(os.path.dirname(os.path.dirname(nvlaunch.__file__)))"],
+                            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+                            cwd="/").stdout.strip()
+    assert theirs and f"sys.path.insert(0, {theirs!r})" in entry["args"][4]
     assert f"gc.set_threshold({oci_hooks.GC_THRESHOLD})" in entry["args"][4]
     assert oci_hooks.is_nvlaunch_hook(entry)
     # the entry runs nvlaunch's hook: nothing to do for a container that asks for no GPU,

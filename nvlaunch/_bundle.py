@@ -5,7 +5,9 @@ Every `nvlaunch run` and every hook imports some 30 of the package's modules.  T
 the normal import system each one costs a search of sys.path, a spec, a stat of its
 source, and an open, read and check of its .pyc: 1.6-2.9 ms of a ~38 ms `run` on the
 2-core VM (A/B, same tree, interleaved).  The bundle holds the same code objects a .pyc
-would (compile() of the source, under the source's own path), read with one open.
+would (compile() of the source, under the source's own path), read with one open: an
+index (marshal), then each module's marshalled code, unmarshalled only when it is
+imported, straight from the bytes read.
 
 - The file: `__pycache__/bundle.<cache tag>.marshal` in the package directory, written
   by build() (scripts/bootstrap.sh, setup.py's build_py), never at run time.  It holds
@@ -27,7 +29,7 @@ import os
 import stat
 import sys
 
-FORMAT = 2
+FORMAT = 3
 # What goes in: the subpackages and top-level modules a launch or a hook loads (the
 # set-up commands, images and renderers load normally).
 PACKAGES = ("core", "host", "plan", "kernel", "exec", "oci", "frontends")
@@ -45,10 +47,11 @@ def _magic() -> bytes:
 class BundleFinder:
     """A meta path finder and loader for the package's modules held in the bundle."""
 
-    def __init__(self, pkg_dir: str, entries: dict):
+    def __init__(self, pkg_dir: str, entries: dict, code: memoryview):
         self.parent = os.path.dirname(pkg_dir)
         self.entries = entries       # name -> (path under parent, is package, size, mtime,
-                                     #          content hash, code)
+                                     #          content hash, offset, length)
+        self.code = code             # the marshalled code objects, one after another
 
     def find_spec(self, name: str, path=None, target=None):
         entry = self.entries.get(name)
@@ -72,7 +75,8 @@ class BundleFinder:
         return None
 
     def exec_module(self, module) -> None:
-        code = marshal.loads(self.entries[module.__name__][5])
+        entry = self.entries[module.__name__]
+        code = marshal.loads(self.code[entry[5]:entry[5] + entry[6]])
         # built elsewhere (a wheel): the file names of the code are where the sources are now
         _imp._fix_co_filename(code, module.__spec__.origin)  # type: ignore[attr-defined]  # typeshed lacks it
         exec(code, module.__dict__)
@@ -101,17 +105,31 @@ def install(pkg_dir: str) -> BundleFinder | None:
         if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o022 \
                 or st.st_uid != os.stat(pkg_dir).st_uid:
             return None
-        with open(fd, "rb", closefd=False) as f:
-            fmt, magic, entries = marshal.loads(f.read())
-    except (OSError, EOFError, ValueError, TypeError):
+        data = memoryview(_read(fd, st.st_size))
+        size = int.from_bytes(data[:4], "little")
+        fmt, magic, entries = marshal.loads(data[4:4 + size])
+        code = data[4 + size:]
+        if fmt != FORMAT or magic != _magic() or \
+                any(e[5] + e[6] > len(code) for e in entries.values()):
+            return None
+    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError):
         return None
     finally:
         os.close(fd)
-    if fmt != FORMAT or magic != _magic() or not isinstance(entries, dict):
-        return None
-    finder = BundleFinder(pkg_dir, entries)
+    finder = BundleFinder(pkg_dir, entries, code)
     sys.meta_path.insert(0, finder)
     return finder
+
+
+def _read(fd: int, size: int) -> bytes:
+    parts = []
+    while size > 0:
+        part = os.read(fd, size)
+        if not part:
+            break
+        parts.append(part)
+        size -= len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def sources(pkg_dir: str) -> dict:
@@ -136,19 +154,21 @@ def build(pkg_dir: str) -> str:
     """Write the bundle of the package at `pkg_dir` (atomically); returns its path."""
     pkg_dir = os.path.abspath(pkg_dir)
     parent = os.path.dirname(pkg_dir)
-    entries = {}
+    entries, codes, offset = {}, [], 0
     for name, path in sources(pkg_dir).items():
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
             source = f.read()
-        code = compile(source, path, "exec", dont_inherit=True)
+        codes.append(marshal.dumps(compile(source, path, "exec", dont_inherit=True)))
         entries[name] = (os.path.relpath(path, parent), path.endswith("__init__.py"),
-                         st.st_size, st.st_mtime_ns, _hash(source), marshal.dumps(code))
+                         st.st_size, st.st_mtime_ns, _hash(source), offset, len(codes[-1]))
+        offset += len(codes[-1])
+    head = marshal.dumps((FORMAT, _magic(), entries))
     dest = _file(pkg_dir)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = f"{dest}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
-        f.write(marshal.dumps((FORMAT, _magic(), entries)))
+        f.write(len(head).to_bytes(4, "little") + head + b"".join(codes))
     os.chmod(tmp, 0o644)
     os.replace(tmp, dest)
     return dest

@@ -103,7 +103,7 @@ def test_the_edited_code_is_what_runs(copy):
 
 
 @pytest.mark.parametrize("spoil", ["group-writable", "other-writable", "symlink", "garbage",
-                                   "other-python", "other-format"])
+                                   "truncated", "other-python", "other-format"])
 def test_an_untrusted_or_foreign_bundle_is_ignored(copy, spoil):
     bundle = _bundle._file(str(copy / "nvlaunch"))
     if spoil.endswith("writable"):
@@ -114,16 +114,22 @@ def test_an_untrusted_or_foreign_bundle_is_ignored(copy, spoil):
     elif spoil == "garbage":
         with open(bundle, "wb") as f:
             f.write(b"\x00not marshal")
+    elif spoil == "truncated":             # the index promises code past the end
+        with open(bundle, "rb+") as f:
+            f.truncate(os.path.getsize(bundle) - 100)
     else:
         import marshal
         with open(bundle, "rb") as f:
-            fmt, magic, entries = marshal.loads(f.read())
+            data = f.read()
+        size = int.from_bytes(data[:4], "little")
+        fmt, magic, entries = marshal.loads(data[4:4 + size])
         if spoil == "other-python":
             magic = b"\x00\x00\r\n"
         else:
             fmt += 1
+        head = marshal.dumps((fmt, magic, entries))
         with open(bundle, "wb") as f:
-            f.write(marshal.dumps((fmt, magic, entries)))
+            f.write(len(head).to_bytes(4, "little") + head + data[4 + size:])
     seen = probe(copy)
     assert "BundleFinder" not in seen["finders"]
     assert seen["loaders"]["nvlaunch.cli"] == "SourceFileLoader"

@@ -2,6 +2,7 @@
 import os
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 PACKAGES = ("core", "host", "plan", "kernel", "exec", "render", "oci", "frontends", "setup", "image")
@@ -28,9 +29,21 @@ class build_py_with_bundle(build_py):
         build(os.path.join(self.build_lib, "nvlaunch"))
 
 
+class build_ext_with_gate(build_ext):
+    """build_ext, then the hooks.d entry's void gate (nvlaunch/_voidgate.c), a small
+    executable, beside the extension (in place, or in the build tree for a wheel)."""
+
+    def run(self):
+        super().run()
+        out = "nvlaunch" if self.inplace else os.path.join(self.build_lib, "nvlaunch")
+        objects = self.compiler.compile([os.path.join("nvlaunch", "_voidgate.c")],
+                                        output_dir=self.build_temp, extra_preargs=["-O2"])
+        self.compiler.link_executable(objects, "_voidgate", output_dir=out)
+
+
 setup(
     name="nvlaunch",
-    cmdclass={"build_py": build_py_with_bundle},
+    cmdclass={"build_py": build_py_with_bundle, "build_ext": build_ext_with_gate},
     version="0.1.0",
     description="NVIDIA GPUs for Linux containers, rootless, for any runtime",
     packages=["nvlaunch"] + [f"nvlaunch.{p}" for p in PACKAGES],

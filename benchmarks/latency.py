@@ -1197,6 +1197,22 @@ def nvlaunch_hook_entry(host) -> dict:
     return hook_entry(invocation(None, gopts, environ={}))
 
 
+def nvlaunch_hooks_d_entry(host) -> dict | None:
+    """The hook of the hooks.d file `nvlaunch setup podman --config` writes for this fake
+    host (run as the console script): the void gate, where it is built."""
+    if not os.access(CONSOLE_SCRIPT, os.X_OK):
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        dest = os.path.join(d, "nvlaunch.json")
+        proc = subprocess.run([CONSOLE_SCRIPT, "--driver-root", host.driver_root, "--dev-root", host.dev_root,
+                               "--proc-root", host.proc_root, "setup", "podman", "--config", dest],
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            return None
+        with open(dest) as f:
+            return json.load(f)["hook"]
+
+
 def setup_nvidia(setup: Setup, host) -> dict | None:
     """NVIDIA Container Toolkit from the anchors tarball, in CDI mode over runc, with a
     management-mode spec of the fake host.  None (and a note) when it cannot be."""
@@ -1321,6 +1337,10 @@ def peer_variants(setup: Setup, nvl: list, user) -> list:
             setup.rootfs, {"path": sys.executable, "args": ["python", "-I", "-S", "-c", "pass"]}, runc)
         add("lc-hook-void", "runc lifecycle + nvlaunch hook, NVIDIA_VISIBLE_DEVICES=void (nothing to do)",
             setup.rootfs, entry, runc, visible="void")
+        gate = nvlaunch_hooks_d_entry(host)
+        if gate and gate["path"] != entry["path"]:
+            add("lc-gate-void", "runc lifecycle + nvlaunch's hooks.d entry (the void gate), "
+                "NVIDIA_VISIBLE_DEVICES=void", setup.rootfs, gate, runc, visible="void")
     if nvidia:
         add("lc-nvidia", "nvidia-container-runtime (CDI mode) over runc, create/start/delete",
             setup.rootfs, None, [nvidia["runtime"], "--root", state], env=nvidia["env"])
@@ -1572,6 +1592,13 @@ def targets(res: dict) -> list:
                         "figure": f"{hook - plain:.1f} / {nvidia - plain:.1f} ms = "
                                   f"{(hook - plain) / (nvidia - plain):.2f}",
                         "goal": "(what a Python hook starts from)", "target": "–"})
+    gate = get("lc-gate-void")
+    if gate and nvidia and plain and nvidia - plain > 0:
+        out.append({"what": "nvlaunch's hooks.d entry (the void gate), nothing to do, added ms / NVIDIA CDI "
+                            "runtime's added ms",
+                    "figure": f"{gate - plain:.1f} / {nvidia - plain:.1f} ms = "
+                              f"{(gate - plain) / (nvidia - plain):.2f}",
+                    "goal": "(every container under podman or CRI-O)", "target": "–"})
     a, b = get(f"nvlaunch-nogpu{hg}"), get(f"bwrap-default{hg}")
     if a and b:
         out.append({"what": f"bound: nvlaunch run --no-gpu as {u if hg else 'root'} / the headline's bwrap",
@@ -1621,7 +1648,8 @@ def peers_table(res: dict) -> list:
         return r["median_ms"] if r and r["available"] else None
     lines = []
     pairs = [("lc-runc", None), ("lc-hook", "lc-runc"), ("lc-nvidia", "lc-runc"),
-             ("lc-hook-true", "lc-runc"), ("lc-hook-python", "lc-runc"), ("lc-hook-void", "lc-runc")]
+             ("lc-hook-true", "lc-runc"), ("lc-hook-python", "lc-runc"), ("lc-hook-void", "lc-runc"),
+             ("lc-gate-void", "lc-runc")]
     for n in LD_SIZES:
         pairs += [(f"lc-hook-ld{n}", "lc-runc"), (f"lc-nvidia-ld{n}", "lc-runc")]
     pairs += [(f"nvlaunch-ld{n}", f"nvlaunch-ld{LD_SIZES[0]}") for n in LD_SIZES]

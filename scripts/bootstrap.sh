@@ -30,10 +30,10 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import Cython, pytest, py
   .venv/bin/pip install -q 'cython>=3' setuptools wheel pytest pyroute2 nvidia-ml-py jsonschema pyyaml hypothesis \
       ruff==0.17.6 mypy==2.4.1
 fi
-# Build the extension in place (fast when nothing changed).  The venv finds the source
+# Build the extension and the void gate in place (fast when nothing changed).  The venv finds the source
 # tree through a plain .pth line, and bin/nvlaunch is copied in with the venv's python:
 # an editable pip install would add an import hook that costs ~10 ms per Python start.
-if [ ! -f .venv/.nvlaunch-built ] || [ nvlaunch/_ns.pyx -nt .venv/.nvlaunch-built ] || [ nvlaunch/_ns.pxd -nt .venv/.nvlaunch-built ] || [ setup.py -nt .venv/.nvlaunch-built ] || ! ls nvlaunch/_ns.*.so >/dev/null 2>&1; then
+if [ ! -f .venv/.nvlaunch-built ] || [ nvlaunch/_ns.pyx -nt .venv/.nvlaunch-built ] || [ nvlaunch/_ns.pxd -nt .venv/.nvlaunch-built ] || [ nvlaunch/_voidgate.c -nt .venv/.nvlaunch-built ] || [ setup.py -nt .venv/.nvlaunch-built ] || ! ls nvlaunch/_ns.*.so >/dev/null 2>&1 || [ ! -x nvlaunch/_voidgate ]; then
   .venv/bin/python setup.py -q build_ext --inplace >/dev/null 2>&1 || .venv/bin/python setup.py build_ext --inplace
   touch .venv/.nvlaunch-built
 fi

@@ -177,6 +177,20 @@ def _script_python(path: str, plain: bool = False) -> str | None:
     return None
 
 
+# nvlaunch/_voidgate.c, built beside the package (setup.py build_ext): a hooks.d entry's
+# program, which answers a container that asks for no GPU without starting Python.
+VOID_GATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_voidgate")
+
+
+def gated(inv: Invocation) -> Invocation:
+    """`inv` behind the void gate, where the gate is built and `inv` is the package
+    command (the one command the gate knows): `_voidgate PYTHON -I -S -c CODE hook STAGE`
+    exits 0 where the hook would have nothing to do, and execs the rest otherwise."""
+    if len(inv.argv) == 5 and inv.argv[1:4] == ("-I", "-S", "-c") and os.access(VOID_GATE, os.X_OK):
+        return Invocation(VOID_GATE, (VOID_GATE,) + inv.argv, inv.env)
+    return inv
+
+
 def hook_entry(inv: Invocation, stage_arg: str = "prestart") -> dict:
     """A runtime-spec hook object ({path, args, env}) running `nvlaunch hook STAGE`."""
     return {"path": inv.path, "args": inv.command("hook", stage_arg), "env": list(inv.env)}
@@ -199,7 +213,7 @@ def is_nvlaunch_hook(entry) -> bool:
     args = entry.get("args")
     if not isinstance(args, list):
         return False
-    for i in range(1, min(len(args), 7)):
+    for i in range(1, min(len(args), 8)):
         if args[i] == "hook" and (os.path.basename(str(args[i - 1])) == "nvlaunch"
                                   or "nvlaunch.cli" in str(args[i - 1])):
             return True

@@ -7,14 +7,16 @@ Why `when: {"always": true}`: the hooks.d schema (containers/common
 pkg/hooks/docs/oci-hooks.5.md, 1.0.0) can only match annotations, process.args[0]
 (`commands`) and `hasBindMounts`; it has no condition on process.env.  The hook itself
 exits at once (doing nothing) when NVIDIA_VISIBLE_DEVICES is unset, empty or void, which
-is what NVIDIA's own hooks.d file (`nvidia-ctk runtime configure`) does too.
+is what NVIDIA's own hooks.d file (`nvidia-ctk runtime configure`) does too.  Since every
+container runs it, the entry runs the void gate (nvlaunch/_voidgate.c) where it is built:
+that answer then comes without starting Python.
 """
 from __future__ import annotations
 
 import json
 import os
 
-from nvlaunch.oci.hooks import Invocation, hook_entry
+from nvlaunch.oci.hooks import Invocation, gated, hook_entry
 from nvlaunch.setup.common import Writer, hook
 
 HOOKS_FILE = "nvlaunch.json"
@@ -25,10 +27,11 @@ DEFAULT_PATHS = {
 
 
 def hooks_d_json(inv: Invocation) -> dict:
-    """The OCI hooks.d definition (1.0.0 schema) of the nvlaunch prestart hook."""
+    """The OCI hooks.d definition (1.0.0 schema) of the nvlaunch prestart hook, behind the
+    void gate where it can be (oci.hooks.gated): every container runs this hook."""
     return {
         "version": "1.0.0",
-        "hook": hook_entry(inv),
+        "hook": hook_entry(gated(inv)),
         "when": {"always": True},
         "stages": ["prestart"],
     }

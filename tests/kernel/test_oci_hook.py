@@ -602,6 +602,62 @@ def test_podman_root(work, host, wrapper):
     expect_libcuda(proc.stdout)
 
 
+@needs_podman
+def test_podman_through_the_void_gate(work, host, moddir):
+    """The hooks.d entry `setup podman` writes runs the void gate (nvlaunch/_voidgate.c):
+    a container asking for a GPU gets it through the gate's exec of the Python hook; one
+    asking for none starts without the hook's Python ever running (a stub in its place
+    records any run)."""
+    from nvlaunch.oci.hooks import VOID_GATE
+    hooks = os.path.join(work, "hooks")
+    os.makedirs(hooks)
+    spec_path = os.path.join(hooks, "nvlaunch.json")
+    proc = subprocess.run([sys.executable, "-m", "nvlaunch", "--driver-root", host.driver_root,
+                           "--dev-root", host.dev_root, "--proc-root", host.proc_root,
+                           "setup", "podman", "--config", spec_path],
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": REPO},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    with open(spec_path) as f:
+        spec = json.load(f)
+    assert spec["hook"]["path"] == VOID_GATE
+    xdg = os.path.join(moddir, "xdg-gate")
+    os.makedirs(xdg, mode=0o700, exist_ok=True)
+    spec["hook"]["env"].append(f"XDG_RUNTIME_DIR={xdg}")
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    rootfs = build_rootfs(os.path.join(work, "rootfs"))
+
+    def podman(*env, script=PROBE):
+        cmd = [PODMAN, "--root", os.path.join(work, "storage"), "--runroot", os.path.join(work, "run"),
+               "--tmpdir", os.path.join(work, "tmp"), "--runtime-flag", "root=" + os.path.join(work, "runc"),
+               "--runtime", RUNC, "--hooks-dir", hooks, "run", "--rm", "--net", "host", *PODMAN_ULIMITS,
+               *[x for e in env for x in ("-e", e)], "--rootfs", rootfs, "/bin/sh", "-c", script]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = podman("NVIDIA_VISIBLE_DEVICES=1")
+    assert proc.returncode == 0, proc.stderr
+    expect_gpus(proc.stdout, host, [1])
+    expect_libcuda(proc.stdout)
+    # the hook's Python replaced by a stub that records each run
+    marker = os.path.join(work, "python-ran")
+    stub = os.path.join(work, "stub-python")
+    with open(stub, "w") as f:
+        f.write(f"#!/bin/sh\necho run >> {marker}\nexit 0\n")
+    os.chmod(stub, 0o755)
+    spec["hook"]["args"][1] = stub
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    for env in ((), ("NVIDIA_VISIBLE_DEVICES=void",), ("NVIDIA_VISIBLE_DEVICES=",)):
+        proc = podman(*env, script="echo started; ls /dev")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("started\n") and "nvidia" not in proc.stdout, proc.stdout
+    assert not os.path.exists(marker), "the gate ran Python for a container that asks for no GPU"
+    proc = podman("NVIDIA_VISIBLE_DEVICES=0", script="true")
+    assert proc.returncode == 0, proc.stderr
+    with open(marker) as f:
+        assert f.read() == "run\n"         # podman ran the gate, and the gate the stub
+
+
 @pytest.fixture
 def rootless_env(stage_dir):
     """Directories for podman as the test user; kills the rootless pause process after."""

@@ -49,6 +49,12 @@ def test_sdist_wheel_and_a_fresh_venv(tmp_path, rootfs):
     assert core, "the wheel has no compiled core"
     run = _sh(exe, "run", "--no-gpu", rootfs, "/bin/echo", "from-the-wheel", env=env, cwd="/")
     assert run.stdout == "from-the-wheel\n"
+    # the void gate is in the wheel, executable, and the hooks.d entry of the installed
+    # command runs it
+    gate = glob.glob(str(venv / "lib" / "python3*" / "site-packages" / "nvlaunch" / "_voidgate"))
+    assert gate and os.access(gate[0], os.X_OK), "the wheel has no void gate"
+    spec = _sh(exe, "setup", "podman", "--dry-run", env=env, cwd="/").stdout
+    assert f'"path": "{gate[0]}"' in spec, spec
     # the launch modules come from the wheel's bundle (nvlaunch._bundle), though pip gave
     # the installed sources new times, and name the installed files
     probe = ("import nvlaunch.frontends.run as m; "

@@ -27,7 +27,7 @@ from nvlaunch.core import consts as C
 from nvlaunch.core import errors as E
 from nvlaunch.core.log import checkpoint
 from nvlaunch.exec.pid1 import (FORWARDED_SIGNALS, TTY_FORWARDED, TTY_IGNORED_P, Forwarder,
-                                container_init, exit_code)
+                                container_init, exit_code, preload)
 from nvlaunch.exec.runroot import RunConfig
 from nvlaunch.kernel.real import REAL
 
@@ -78,6 +78,10 @@ def run(cfg: RunConfig, kernel: Kernel | None = None, timings: Timings | None = 
         os.close(err_r)
         code = E.EXIT_SETUP
         try:
+            try:
+                preload(cfg)               # while P maps our ids; a failure here comes
+            except Exception:  # noqa: BLE001 - again, reported, from container_init's call
+                pass
             if os.read(go_r, 1) != b"g":   # P died or gave up before mapping us
                 os._exit(E.EXIT_SETUP)
             os.close(go_r)

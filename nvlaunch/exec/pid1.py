@@ -88,6 +88,20 @@ def exit_code(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
+def preload(cfg: RunConfig) -> None:
+    """Import what I and W need later: everything must be imported before pivot_root
+    hides the host.  exec.launch has I try it first thing, while P writes the id maps
+    of a rootless container (the setuid helpers take milliseconds that I would only
+    wait through; importing needs nothing the maps give), and container_init calls it
+    again: a no-op, or the same failure, reported in its usual place after the maps."""
+    if cfg.plan.ldcache:
+        import nvlaunch.exec.ldcache_writer  # noqa: F401  (runroot merges the cache with it)
+    if cfg.net == "none":
+        from pyroute2 import IPRoute  # noqa: F401
+    if cfg.debug:
+        import traceback  # noqa: F401
+
+
 def container_init(cfg: RunConfig, kernel: Kernel, forwarder: Forwarder,
                    timings: Timings | None) -> int:
     kernel.prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -95,13 +109,7 @@ def container_init(cfg: RunConfig, kernel: Kernel, forwarder: Forwarder,
     # cannot ptrace PID 1 nor open its /proc/1/fd, whatever capabilities they keep.
     kernel.prctl(C.PR_SET_DUMPABLE, 0)
     real_root = is_initial_root()
-    # Everything I and W import must be imported before pivot_root hides the host.
-    if cfg.plan.ldcache:
-        import nvlaunch.exec.ldcache_writer  # noqa: F401  (runroot merges the cache with it)
-    if cfg.net == "none":
-        from pyroute2 import IPRoute  # noqa: F401
-    if cfg.debug:
-        import traceback  # noqa: F401
+    preload(cfg)                    # done already where P wrote id maps meanwhile
     layout = enter_staging(kernel, cfg.tmpfs_size)
     # The writable layer, held open: once the command is gone, a full one is said plainly
     # (the command only saw ENOSPC, or "I/O error").

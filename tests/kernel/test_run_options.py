@@ -172,3 +172,26 @@ def test_bundle(nvl, rootfs, hostdir):
     assert proc.stdout.split() == ["from-bundle", "1000", "/etc"]
     proc = nvl("run", "--uid", "0", "--bundle", bundle, "/bin/sh", "-c", "id -u")   # CLI wins
     assert proc.stdout.strip() == "0", proc.stderr
+
+
+def test_a_failure_of_pid_1s_imports_is_one_error_line_after_the_maps(nvl, rootfs):
+    """PID 1 imports what it needs while the launcher writes its id maps (exec.pid1
+    preload); a failure there is reported where it always was, after the maps, as one
+    error line: not as the id-map helpers' failure on a PID 1 that is gone."""
+    import shutil
+    import tempfile
+    shadow = tempfile.mkdtemp(prefix="nvl-shadow-")     # the test user reads it too
+    try:
+        os.mkdir(os.path.join(shadow, "pyroute2"))
+        with open(os.path.join(shadow, "pyroute2", "__init__.py"), "w") as f:
+            f.write("raise ImportError('pyroute2 shadowed by the test')\n")
+        for p in (shadow, os.path.join(shadow, "pyroute2")):
+            os.chmod(p, 0o755)
+        os.chmod(os.path.join(shadow, "pyroute2", "__init__.py"), 0o644)
+        env = {"PYTHONPATH": f"{shadow}:{nvl.environ()['PYTHONPATH']}"}
+        proc = nvl("run", "--no-gpu", "--net", "none", rootfs, "/bin/true", env=env)
+    finally:
+        shutil.rmtree(shadow)
+    line = one_error(proc)
+    assert "pyroute2 shadowed by the test" in line, line
+    assert "newuidmap" not in line and "newgidmap" not in line

@@ -67,7 +67,6 @@ def _use_a_built_copy() -> None:
             continue
 
 
-
 def _serve_from_the_bundle() -> None:
     """The launch modules from this directory's bundle (nvlaunch._bundle), unless the
     package was just taken from another copy."""

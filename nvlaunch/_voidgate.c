@@ -27,6 +27,9 @@
  *    same values (that is an entry without `env`, which the Python hook refuses); and
  *    NVIDIA_VISIBLE_DEVICES is unset, or empty or "void" once ASCII white space is
  *    stripped.
+ * The command line and the environment are checked before anything is read (otherwise
+ * the exec comes first, stdin untouched); reading the state is bounded by the Python
+ * hook's default time limit.
  * It reads, and writes nothing but the state for the exec; it never follows anything
  * of the container's rootfs (it never looks there).  Any failure of its own: the exec.
  * tests/unit/test_voidgate.py runs every case both ways and compares.
@@ -47,6 +50,7 @@
 #define MAX_CONFIG (16 << 20)
 #define MAX_DEPTH 64
 #define MAX_NUMBER 100
+#define HOOK_TIMEOUT_S 30
 
 /* ---- a strict JSON reader over a buffer ------------------------------------------ */
 
@@ -399,7 +403,8 @@ static int void_env(const Env *e) {
     return end == s || (end - s == 4 && memcmp(s, "void", 4) == 0);
 }
 
-static int decide(int argc, char **argv, const unsigned char *state, size_t state_len) {
+/* The command line and the environment allow a decision here at all. */
+static int eligible(int argc, char **argv) {
     if (argc != 8 || strcmp(argv[2], "-I") || strcmp(argv[3], "-S") || strcmp(argv[4], "-c")
         || strcmp(argv[6], "hook") || !in_list(argv[7], STAGES))
         return 0;
@@ -408,6 +413,10 @@ static int decide(int argc, char **argv, const unsigned char *state, size_t stat
     for (const char *const *v = unset; *v; v++) if (getenv(*v)) return 0;
     const char *const loader[] = {"LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", NULL};
     for (const char *const *v = loader; *v; v++) { const char *x = getenv(*v); if (x && *x) return 0; }
+    return 1;
+}
+
+static int decide(const unsigned char *state, size_t state_len) {
     if (state_len > MAX_STATE) return 0;
 
     Found st = {0};
@@ -475,10 +484,18 @@ static void run_python(char **argv, const unsigned char *state, size_t len) {
 
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
+    if (!eligible(argc, argv)) {      /* nothing read yet: the Python hook, as it is */
+        execv(argv[1], argv + 1);
+        _exit(127);
+    }
+    /* The Python hook's default bound (core/interrupt.py HOOK_TIMEOUT_S) on reading a
+     * state from a runtime that never closes stdin: then SIGALRM ends this process. */
+    alarm(HOOK_TIMEOUT_S);
     unsigned char *state = NULL;
     size_t len = 0;
     int readable = read_all(0, &state, &len, MAX_STATE) == 0;
-    if (readable && decide(argc, argv, state, len) == 1) return 0;
+    if (readable && decide(state, len) == 1) return 0;
+    alarm(0);
     run_python(argv, state ? state : (const unsigned char *)"", len);
     return 127;
 }

@@ -93,8 +93,8 @@ def invocation(hook_path: str | None = None, gopts: dict | None = None,
 # The cyclic garbage collector's first threshold in a hook or launch (bin/nvlaunch sets
 # the same): a start allocates some 10,000 objects (the functions and classes of the
 # modules it imports), none in cycles worth collecting, and at CPython's default of 700
-# the collector ran a dozen times during a `run`: 1.5-2.5 ms of each launch (A/B on the
-# 2-core VM).  It still runs, less often, for the long commands (an image pull).
+# the collector ran a dozen times during a `run`: 1-2.5 ms of a `run` and 5 ms of a GPU
+# hook (A/B on the 2-core VM).  It still runs, less often, for long commands (a pull).
 GC_THRESHOLD = 50_000
 
 

@@ -288,3 +288,20 @@ def test_setup_podman_writes_the_gate_entry(tmp_path):
                        env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(dest.read_text())["hook"]["path"] == str(script)
+
+
+def test_the_gates_limits_are_the_python_hooks():
+    import re
+
+    from nvlaunch.core import interrupt
+    from nvlaunch.oci import state as oci_state
+    with open(os.path.join(REPO, "nvlaunch", "_voidgate.c")) as f:
+        text = f.read()
+
+    def define(name):
+        m = re.search(rf"^#define {name} (.+)$", text, re.M)
+        assert m, name
+        return eval(m.group(1))             # a C integer expression: (1 << 20), 30
+    assert define("MAX_STATE") == oci_state.MAX_STATE
+    assert define("MAX_CONFIG") == oci_state.MAX_CONFIG
+    assert define("HOOK_TIMEOUT_S") == interrupt.HOOK_TIMEOUT_S

@@ -1176,23 +1176,36 @@ def lifecycle_bundle(setup: Setup, name: str, rootfs_src: str, hook_entry: dict 
     return bundle, pristine
 
 
+def _setup_writes(host, system: str, name: str, initial: dict | None, pick) -> dict | None:
+    """The hook entry `nvlaunch setup SYSTEM --config FILE` writes for this fake host, run
+    as the console script: `pick` finds it in FILE's JSON (FILE starts as `initial`, or
+    absent).  None where the console script is not installed or the set-up fails."""
+    if not os.access(CONSOLE_SCRIPT, os.X_OK):
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, name)
+        if initial is not None:
+            with open(path, "w") as f:
+                json.dump(initial, f)
+        proc = subprocess.run([CONSOLE_SCRIPT, "--driver-root", host.driver_root, "--dev-root",
+                               host.dev_root, "--proc-root", host.proc_root, "setup", system,
+                               "--config", path], capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            return None
+        with open(path) as f:
+            return pick(json.load(f))
+
+
 def nvlaunch_hook_entry(host) -> dict:
     """The prestart entry `nvlaunch setup runc --config` writes for this fake host, run as
     the console script where it is installed (oci.hooks.invocation from this process
     where it is not)."""
+    entry = _setup_writes(host, "runc", "config.json",
+                          {"ociVersion": "1.0.2", "process": {"args": ["/bin/true"]}},
+                          lambda doc: doc["hooks"]["prestart"][0])
+    if entry is not None:
+        return entry
     from nvlaunch.oci.hooks import hook_entry, invocation
-    roots = ["--driver-root", host.driver_root, "--dev-root", host.dev_root,
-             "--proc-root", host.proc_root]
-    if os.access(CONSOLE_SCRIPT, os.X_OK):
-        with tempfile.TemporaryDirectory() as d:
-            cfg = os.path.join(d, "config.json")
-            with open(cfg, "w") as f:
-                json.dump({"ociVersion": "1.0.2", "process": {"args": ["/bin/true"]}}, f)
-            proc = subprocess.run([CONSOLE_SCRIPT, *roots, "setup", "runc", "--config", cfg],
-                                  capture_output=True, text=True, timeout=60)
-            if proc.returncode == 0:
-                with open(cfg) as f:
-                    return json.load(f)["hooks"]["prestart"][0]
     gopts = {"driver_root": host.driver_root, "dev_root": host.dev_root, "proc_root": host.proc_root}
     return hook_entry(invocation(None, gopts, environ={}))
 
@@ -1200,17 +1213,7 @@ def nvlaunch_hook_entry(host) -> dict:
 def nvlaunch_hooks_d_entry(host) -> dict | None:
     """The hook of the hooks.d file `nvlaunch setup podman --config` writes for this fake
     host (run as the console script): the void gate, where it is built."""
-    if not os.access(CONSOLE_SCRIPT, os.X_OK):
-        return None
-    with tempfile.TemporaryDirectory() as d:
-        dest = os.path.join(d, "nvlaunch.json")
-        proc = subprocess.run([CONSOLE_SCRIPT, "--driver-root", host.driver_root, "--dev-root", host.dev_root,
-                               "--proc-root", host.proc_root, "setup", "podman", "--config", dest],
-                              capture_output=True, text=True, timeout=60)
-        if proc.returncode != 0:
-            return None
-        with open(dest) as f:
-            return json.load(f)["hook"]
+    return _setup_writes(host, "podman", "nvlaunch.json", None, lambda doc: doc["hook"])
 
 
 def setup_nvidia(setup: Setup, host) -> dict | None:

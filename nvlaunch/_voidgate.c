@@ -221,7 +221,7 @@ static int object(Reader *r, int ctx, Found *f) {
             if (f->bundle_is_string ? string(r, &f->bundle) : value(r, ANY, f)) goto out;
         } else {
             int sub = child_ctx(ctx, &key);
-            if (sub == PROCESS || (sub == ENV_LIST && ctx == PROCESS)) {
+            if (sub != ANY) {                           /* "process", or its "env" */
                 /* the last key of that name wins: what an earlier one gave is dropped */
                 env_clear(&f->env);
                 f->env_set = 0;

@@ -78,58 +78,45 @@ def both(stdin: bytes, env: dict, stage="prestart") -> subprocess.CompletedProce
 
 
 NV = "NVIDIA_VISIBLE_DEVICES"
-# name -> (process.env, or raw process JSON text) and whether the gate decides alone
+
+
+def raw(process: str) -> bytes:
+    """A config.json whose process is the JSON text `process`, as written."""
+    return config(raw_process=process)
+
+
+# name -> (config.json, whether the gate decides alone)
 ENV_CASES = {
-    "no NVIDIA variable": (["PATH=/bin", "TERM=xterm"], True),
-    "empty": ([f"{NV}="], True),
-    "void": ([f"{NV}=void"], True),
-    "void with ASCII white space": ([f"{NV}= void\t"], True),
-    "the last of two wins: void": ([f"{NV}=0", f"{NV}=void"], True),
-    "the last of two wins: a GPU": ([f"{NV}=void", f"{NV}=0"], False),
-    "all": ([f"{NV}=all"], False),
-    "a GPU by index": ([f"{NV}=0"], False),
-    "void behind a Unicode space (the Python hook decides)": ([f"{NV}=\u3000void"], False),
-    "a non-ASCII value": ([f"{NV}=\u00e9"], False),
+    "no NVIDIA variable": (config(["PATH=/bin", "TERM=xterm"]), True),
+    "empty": (config([f"{NV}="]), True),
+    "void": (config([f"{NV}=void"]), True),
+    "void with ASCII white space": (config([f"{NV}= void\t"]), True),
+    "the last of two wins: void": (config([f"{NV}=0", f"{NV}=void"]), True),
+    "the last of two wins: a GPU": (config([f"{NV}=void", f"{NV}=0"]), False),
+    "all": (config([f"{NV}=all"]), False),
+    "a GPU by index": (config([f"{NV}=0"]), False),
+    "void behind a Unicode space (the Python hook decides)": (config([f"{NV}=\u3000void"]), False),
+    "a non-ASCII value": (config([f"{NV}=\u00e9"]), False),
     "strings that are not KEY=VALUE and items that are not strings":
-        (None, True),
-    "the variable spelled with escapes": (None, True),
-    "an escaped GPU request": (None, False),
-    "the last process wins": (None, True),
-    "the last env wins": (None, True),
-    "a process in the annotations does not count": (None, True),
-    "process is not an object": (None, True),
-    "env is not a list": (None, True),
-    "Go's HTML escapes elsewhere": (None, True),
-    "a NUL in a value": (None, False),
-}
-RAW = {
-    "strings that are not KEY=VALUE and items that are not strings":
-        '{"env": ["NOEQUALS", 5, null, {"a": 1}, ["x"], "PATH=/bin"]}',
-    "the variable spelled with escapes": '{"env": ["\\u004eVIDIA_VISIBLE_DEVICES=\\u0076oid"]}',
-    "an escaped GPU request": '{"env": ["\\u004eVIDIA_VISIBLE_DEVICES=0"]}',
-    "process is not an object": '"just a string"',
-    "env is not a list": '{"env": "NVIDIA_VISIBLE_DEVICES=0"}',
-    "Go's HTML escapes elsewhere": '{"env": ["LABEL=\\u003cb\\u003e \\u0026 \\ud83d\\ude00"]}',
-    "a NUL in a value": '{"env": ["NVIDIA_VISIBLE_DEVICES=void\\u0000x"]}',
+        (raw('{"env": ["NOEQUALS", 5, null, {"a": 1}, ["x"], "PATH=/bin"]}'), True),
+    "the variable spelled with escapes": (raw('{"env": ["\\u004eVIDIA_VISIBLE_DEVICES=\\u0076oid"]}'), True),
+    "an escaped GPU request": (raw('{"env": ["\\u004eVIDIA_VISIBLE_DEVICES=0"]}'), False),
+    "the last process wins": (f'{{"process": {{"env": ["{NV}=0"]}}, "root": {{"path": "rootfs"}}, '
+                              '"process": {"env": ["PATH=/bin"]}}'.encode(), True),
+    "the last env wins": (raw(f'{{"env": ["{NV}=0"], "env": ["A=b"]}}'), True),
+    "a process in the annotations does not count":
+        (f'{{"annotations": {{"process": {{"env": ["{NV}=0"]}}}}, "process": {{"env": []}}}}'.encode(), True),
+    "process is not an object": (raw('"just a string"'), True),
+    "env is not a list": (raw('{"env": "NVIDIA_VISIBLE_DEVICES=0"}'), True),
+    "Go's HTML escapes elsewhere": (raw('{"env": ["LABEL=\\u003cb\\u003e \\u0026 \\ud83d\\ude00"]}'), True),
+    "a NUL in a value": (raw('{"env": ["NVIDIA_VISIBLE_DEVICES=void\\u0000x"]}'), False),
 }
 
 
 @pytest.mark.parametrize("name", sorted(ENV_CASES))
 def test_the_containers_environment(tmp_path, bundle, name):
-    env_list, alone = ENV_CASES[name]
-    if name == "the last process wins":
-        text = (f'{{"process": {{"env": ["{NV}=0"]}}, "root": {{"path": "rootfs"}}, '
-                '"process": {"env": ["PATH=/bin"]}}')
-        (bundle / "config.json").write_text(text)
-    elif name == "the last env wins":
-        (bundle / "config.json").write_bytes(config(raw_process=f'{{"env": ["{NV}=0"], "env": ["A=b"]}}'))
-    elif name == "a process in the annotations does not count":
-        (bundle / "config.json").write_text(
-            f'{{"annotations": {{"process": {{"env": ["{NV}=0"]}}}}, "process": {{"env": []}}}}')
-    elif name in RAW:
-        (bundle / "config.json").write_bytes(config(raw_process=RAW[name]))
-    else:
-        (bundle / "config.json").write_bytes(config(env_list))
+    text, alone = ENV_CASES[name]
+    (bundle / "config.json").write_bytes(text)
     s = state(bundle)
     assert decided(tmp_path, s, ENV) is alone
     r = both(s, ENV)
